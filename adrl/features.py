@@ -1,0 +1,204 @@
+"""The one definition of the observation and action-feature vectors.
+
+The environment's observation space, the behavior model's inputs, the log columns and the policy server's request
+parsing all derive from :class:`FeatureLayout`. Values are float32 and capped to finite bounds, so the observation
+always lies in its ``Box``. Categorical fields (segment, hour, slot, creative, ...) are stored as integer-valued
+floats; their ``kind`` is ``"categorical"`` and ``high + 1`` is their cardinality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+from adrl.scenario import HOURS_PER_DAY, Scenario
+from adrl.world import NEVER, UserBatch
+
+Kind = Literal["categorical", "continuous", "count"]
+SIGNAL_BOUND = 4.0
+WINDOWS = (1, 6, 24)  # hours covered by the impression-count features
+LOG_PREFIX = "x_"  # feature columns in logs are named x_<feature>
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: Kind
+    low: float
+    high: float
+
+    @property
+    def cardinality(self) -> int:
+        return int(self.high) + 1
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Names, kinds and bounds of the observation (``obs``) and of the action features (``action``)."""
+
+    obs: tuple[Feature, ...]
+    action: tuple[Feature, ...]
+    horizon: int
+    categories: tuple[str, ...]
+    segments: tuple[str, ...]
+    slots: tuple[str, ...]
+    creatives: tuple[str, ...]
+    delays: tuple[int, ...]
+    start_hour: int = 0
+
+    @classmethod
+    def from_scenario(cls, sc: Scenario) -> FeatureLayout:
+        cap = float(sc.horizon)
+        obs = [Feature("segment", "categorical", 0, sc.n_segments - 1)]
+        obs += [Feature(f"signal_{c}", "continuous", -SIGNAL_BOUND, SIGNAL_BOUND) for c in sc.categories]
+        obs += [
+            Feature("hour", "categorical", 0, HOURS_PER_DAY - 1),
+            Feature("hour_sin", "continuous", -1, 1),
+            Feature("hour_cos", "continuous", -1, 1),
+            Feature("day_progress", "continuous", 0, 1),
+        ]
+        obs += [Feature(f"impressions_{w}h", "count", 0, min(cap, w)) for w in WINDOWS]
+        obs += [
+            Feature("hours_since_last_ad", "continuous", 0, HOURS_PER_DAY),
+            Feature("clicks_today", "count", 0, cap),
+            Feature("conversions_today", "count", 0, cap),
+        ]
+        obs += [Feature(f"slot_count_{s.name}", "count", 0, cap) for s in sc.slots]
+        obs += [Feature(f"creative_count_{c.name}", "count", 0, cap) for c in sc.creatives]
+        action = (
+            Feature("delay", "categorical", 0, sc.n_delays - 1),
+            Feature("slot", "categorical", 0, sc.n_slots - 1),
+            Feature("creative", "categorical", 0, sc.n_creatives - 1),
+            Feature("category", "categorical", 0, sc.n_categories - 1),
+            Feature("impression_hour", "categorical", 0, HOURS_PER_DAY - 1),
+            Feature("times_seen", "count", 0, cap),
+            Feature("hours_since_last_ad_at_impression", "continuous", 0, HOURS_PER_DAY),
+            Feature("signal_of_category", "continuous", -SIGNAL_BOUND, SIGNAL_BOUND),
+        )
+        return cls(
+            obs=tuple(obs),
+            action=action,
+            horizon=sc.horizon,
+            categories=sc.categories,
+            segments=tuple(s.name for s in sc.segments),
+            slots=tuple(s.name for s in sc.slots),
+            creatives=tuple(c.name for c in sc.creatives),
+            delays=sc.delays,
+            start_hour=sc.start_hour,
+        )
+
+    # ---- derived ---------------------------------------------------------------------------------------
+    @property
+    def obs_dim(self) -> int:
+        return len(self.obs)
+
+    @property
+    def obs_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.obs)
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.action)
+
+    @property
+    def obs_low(self) -> np.ndarray:
+        return np.array([f.low for f in self.obs], dtype=np.float32)
+
+    @property
+    def obs_high(self) -> np.ndarray:
+        return np.array([f.high for f in self.obs], dtype=np.float32)
+
+    def index(self, name: str) -> int:
+        return self.obs_names.index(name)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "obs": [[f.name, f.kind, f.low, f.high] for f in self.obs],
+            "action": [[f.name, f.kind, f.low, f.high] for f in self.action],
+            "horizon": self.horizon,
+            "categories": list(self.categories),
+            "segments": list(self.segments),
+            "slots": list(self.slots),
+            "creatives": list(self.creatives),
+            "delays": list(self.delays),
+            "start_hour": self.start_hour,
+        }
+
+    @cached_property
+    def hash(self) -> str:
+        """Stable hash of names, kinds, bounds and catalog: artifacts built for another layout are refused."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ---- encoding ----------------------------------------------------------------------------------------
+    def encode(self, batch: UserBatch) -> np.ndarray:
+        """Observation of every user in ``batch``: float32 (n, obs_dim), inside [obs_low, obs_high]."""
+        n = len(batch)
+        k = len(self.categories)
+        out = np.empty((n, self.obs_dim), dtype=np.float32)
+        epoch = np.minimum(batch.epoch, self.horizon - 1)
+        hour = (self.start_hour + epoch) % HOURS_PER_DAY
+        angle = 2.0 * np.pi * hour / HOURS_PER_DAY
+        out[:, 0] = batch.segment
+        out[:, 1 : 1 + k] = batch.signal
+        j = 1 + k
+        out[:, j] = hour
+        out[:, j + 1] = np.sin(angle)
+        out[:, j + 2] = np.cos(angle)
+        out[:, j + 3] = np.minimum(batch.epoch, self.horizon) / self.horizon
+        j += 4
+        for w_i, w in enumerate(WINDOWS):
+            out[:, j + w_i] = _count_window(batch.impression_mask, batch.epoch, w)
+        j += len(WINDOWS)
+        since = np.where(batch.last_impression == NEVER, HOURS_PER_DAY, batch.epoch - batch.last_impression)
+        out[:, j] = np.minimum(since, HOURS_PER_DAY)
+        out[:, j + 1] = batch.clicks
+        out[:, j + 2] = batch.conversions
+        j += 3
+        out[:, j : j + len(self.slots)] = batch.slot_counts
+        j += len(self.slots)
+        out[:, j : j + len(self.creatives)] = batch.creative_counts
+        np.clip(out, self.obs_low, self.obs_high, out=out)
+        return out
+
+    def encode_actions(self, obs: np.ndarray, action: np.ndarray, category_of: np.ndarray) -> np.ndarray:
+        """Action features for observations ``obs`` (n, obs_dim) and actions (n, 3): float32 (n, n_action).
+
+        ``category_of`` maps creative index to category index. Uses only observable values, so a logged row
+        can be re-encoded exactly.
+        """
+        n = obs.shape[0]
+        d, s, c = action[:, 0], action[:, 1], action[:, 2]
+        delay_hours = np.asarray(self.delays, dtype=np.float32)[d]
+        k = len(self.categories)
+        hour_col = 1 + k
+        since_col = self.index("hours_since_last_ad")
+        creative0 = self.obs_dim - len(self.creatives)
+        rows = np.arange(n)
+        out = np.empty((n, len(self.action)), dtype=np.float32)
+        out[:, 0] = d
+        out[:, 1] = s
+        out[:, 2] = c
+        cat = category_of[c]
+        out[:, 3] = cat
+        out[:, 4] = (obs[:, hour_col] + delay_hours) % HOURS_PER_DAY
+        out[:, 5] = obs[rows, creative0 + c]
+        out[:, 6] = np.minimum(obs[:, since_col] + delay_hours, HOURS_PER_DAY)
+        out[:, 7] = obs[rows, 1 + cat]
+        return out
+
+
+def _count_window(mask: np.ndarray, epoch: np.ndarray, hours: int) -> np.ndarray:
+    """Impressions in the ``hours`` epochs before ``epoch`` (bits epoch-hours .. epoch-1 of ``mask``)."""
+    e = np.minimum(epoch, 64).astype(np.uint64)
+    lo = np.maximum(epoch - hours, 0).astype(np.uint64)
+    full = np.uint64(0xFFFFFFFFFFFFFFFF)
+    # bits [lo, e): (all ones below e) & ~(all ones below lo); shifting by 64 is undefined, so special-case it
+    below_e = np.where(e >= 64, full, (np.uint64(1) << e) - np.uint64(1))
+    below_lo = (np.uint64(1) << lo) - np.uint64(1)
+    return np.bitwise_count(mask & below_e & ~below_lo).astype(np.float32)

@@ -1,0 +1,134 @@
+"""Atomic artifact writes and checked manifest reads (JSON + safetensors / .npy, never pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from adrl.errors import ArtifactError
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a sibling temp path; on success fsync it and rename it over ``path`` (a crash leaves no half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file for writing that replaces ``path`` atomically when the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def write_npy_atomic(path: Path | str, array: np.ndarray) -> None:
+    """Write a numpy array as ``.npy`` atomically."""
+    with atomic_open(path, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def read_json(path: Path | str, *, what: str = "file") -> dict[str, Any]:
+    """Read a JSON object, raising ``ArtifactError`` that names the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{what} {path} is not valid JSON ({e}); was the write interrupted?") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_manifest(
+    directory: Path | str,
+    *,
+    kind: str | tuple[str, ...] | None = None,
+    version: int | None = None,
+    name: str = "manifest.json",
+) -> dict[str, Any]:
+    """Read ``directory/name`` and check its ``kind`` and ``version`` fields."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"artifact directory {directory} does not exist")
+    manifest = read_json(directory / name, what="manifest")
+    if kind is not None:
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if manifest.get("kind") not in kinds:
+            raise ArtifactError(f"{directory / name}: kind is {manifest.get('kind')!r}, expected one of {list(kinds)}")
+    if version is not None and manifest.get("version") != version:
+        raise ArtifactError(
+            f"{directory / name}: format version is {manifest.get('version')!r}, this adrl reads version {version}"
+        )
+    return manifest
+
+
+def load_npy(path: Path | str, *, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Load an ``.npy`` file without pickle and check its shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"array file {path} does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{path} is not a readable .npy array ({e}); is it truncated?") from e
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ArtifactError(f"{path} has shape {tuple(array.shape)}, the manifest says {tuple(shape)}")
+    return np.asarray(array)

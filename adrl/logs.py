@@ -1,0 +1,236 @@
+"""Logged-decision schema (Arrow, defined once), chunked atomic parquet writing, and validated reading.
+
+One row is one decision: who (episode, user, step, hour), what was observed (``x_<feature>`` columns of the
+feature layout), what was done (delay, slot, creative) with the logging policy's propensity (joint and per
+component), and what happened (shown, click, conversion, leave, reward). Synthetic logs also carry the true
+probabilities; the policy server adds event ids, its policy version and whether the reward was defaulted.
+Layout and scenario hashes travel in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adrl.errors import DataError
+from adrl.features import LOG_PREFIX, FeatureLayout
+from adrl.io import atomic_path
+
+SCHEMA_VERSION = 1
+
+# (name, type, required) for every column that is not a feature
+CORE_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("episode_id", pa.int64(), True),
+    ("user_id", pa.int64(), True),
+    ("step", pa.int32(), True),
+    ("hour", pa.int8(), True),
+    ("delay", pa.int16(), True),
+    ("slot", pa.int16(), True),
+    ("creative", pa.int16(), True),
+    ("propensity", pa.float64(), True),
+    ("propensity_delay", pa.float64(), True),
+    ("propensity_slot", pa.float64(), True),
+    ("propensity_creative", pa.float64(), True),
+    ("shown", pa.bool_(), True),
+    ("click", pa.bool_(), True),
+    ("conversion", pa.bool_(), True),
+    ("leave", pa.bool_(), True),
+    ("reward", pa.float64(), True),
+)
+TRUTH_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("p_click", pa.float64(), False),
+    ("p_conversion", pa.float64(), False),  # given a click
+    ("p_leave", pa.float64(), False),
+)
+SERVING_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("event_id", pa.string(), False),
+    ("policy_version", pa.string(), False),
+    ("defaulted", pa.bool_(), False),
+)
+OPTIONAL_COLUMNS = TRUTH_COLUMNS + SERVING_COLUMNS
+
+
+def feature_columns(layout: FeatureLayout) -> list[str]:
+    return [LOG_PREFIX + name for name in layout.obs_names]
+
+
+def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = False) -> pa.Schema:
+    """The Arrow schema of a log for ``layout``; ``truth`` adds true probabilities, ``serving`` server columns."""
+    cols = [pa.field(n, t, nullable=not req) for n, t, req in CORE_COLUMNS]
+    cols += [pa.field(c, pa.float32(), nullable=False) for c in feature_columns(layout)]
+    if truth:
+        cols += [pa.field(n, t) for n, t, _ in TRUTH_COLUMNS]
+    if serving:
+        cols += [pa.field(n, t) for n, t, _ in SERVING_COLUMNS]
+    meta = {
+        "adrl.schema_version": str(SCHEMA_VERSION),
+        "adrl.layout_hash": layout.hash,
+        "adrl.layout": json.dumps(layout.to_dict()),
+    }
+    return pa.schema(cols, metadata=meta)
+
+
+class LogWriter(AbstractContextManager["LogWriter"]):
+    """Append record batches to a parquet file that appears under its final name only when closed cleanly."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        layout: FeatureLayout,
+        *,
+        truth: bool = False,
+        serving: bool = False,
+        scenario_hash: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        schema = log_schema(layout, truth=truth, serving=serving)
+        if scenario_hash is not None:
+            schema = schema.with_metadata({**(schema.metadata or {}), b"adrl.scenario_hash": scenario_hash.encode()})
+        self.schema = schema
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="lz4")
+        self.n_rows = 0
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        """Write one chunk given as ``{column: array}``; every schema column must be present."""
+        missing = [f.name for f in self.schema if f.name not in columns]
+        if missing:
+            raise DataError(f"log chunk is missing columns {missing[:5]}")
+        arrays = [pa.array(np.asarray(columns[f.name]), type=f.type) for f in self.schema]
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.n_rows += len(arrays[0])
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._writer.close()
+        self._atomic.__exit__(exc_type, exc, tb)  # renames on success, deletes the temp file on error
+
+
+def log_files(path: Path | str) -> list[Path]:
+    """A parquet file, or every ``*.parquet`` file in a directory (sorted), e.g. the server's decision log."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise DataError(f"log directory {path} holds no .parquet files")
+        return files
+    if not path.is_file():
+        raise DataError(f"log file {path} does not exist")
+    return [path]
+
+
+def validate_schema(schema: pa.Schema, source: str, *, layout: FeatureLayout | None = None) -> list[str]:
+    """Check required columns and dtypes; returns the feature column names (``x_*``) found, in order."""
+    names = set(schema.names)
+    missing = [n for n, _, req in CORE_COLUMNS if req and n not in names]
+    if missing:
+        raise DataError(
+            f"{source}: missing required column(s) {missing}; an adrl log needs "
+            f"{[n for n, _, r in CORE_COLUMNS if r]} and x_<feature> columns"
+        )
+    for n, t, _ in CORE_COLUMNS + OPTIONAL_COLUMNS:
+        if n in names:
+            got = schema.field(n).type
+            if not _compatible(got, t):
+                raise DataError(f"{source}: column {n!r} has type {got}, expected {t}")
+    feats = [n for n in schema.names if n.startswith(LOG_PREFIX)]
+    if layout is not None:
+        expected = feature_columns(layout)
+        if feats != expected:
+            extra = sorted(set(feats) - set(expected))
+            lacking = sorted(set(expected) - set(feats))
+            raise DataError(
+                f"{source}: feature columns do not match the scenario's layout "
+                f"(missing {lacking[:5]}, unexpected {extra[:5]}); was it logged with another scenario?"
+            )
+    elif not feats:
+        raise DataError(f"{source}: no feature columns (x_<feature>) found")
+    for n in feats:
+        if not pa.types.is_floating(schema.field(n).type) and not pa.types.is_integer(schema.field(n).type):
+            raise DataError(f"{source}: feature column {n!r} has type {schema.field(n).type}, expected float32")
+    return feats
+
+
+def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
+    if got == want:
+        return True
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(got)
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(got) or pa.types.is_integer(got)
+    if pa.types.is_string(want):
+        return pa.types.is_string(got) or pa.types.is_large_string(got)
+    return False
+
+
+def read_schema(path: Path | str) -> pa.Schema:
+    files = log_files(path)
+    try:
+        return pq.read_schema(files[0])
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{files[0]}: not a readable parquet file ({e}); is it truncated?") from e
+
+
+def layout_of(path: Path | str) -> dict[str, Any] | None:
+    """The feature layout stored in a log's metadata, if any."""
+    meta = read_schema(path).metadata or {}
+    raw = meta.get(b"adrl.layout")
+    return json.loads(raw) if raw else None
+
+
+def iter_batches(
+    path: Path | str, *, columns: list[str] | None = None, batch_size: int = 262_144
+) -> Iterator[pd.DataFrame]:
+    """Stream a log (file or directory) as DataFrames of at most ``batch_size`` rows; memory stays bounded."""
+    for f in log_files(path):
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{f}: not a readable parquet file ({e}); is it truncated?") from e
+        validate_schema(pf.schema_arrow, str(f))
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield batch.to_pandas()
+
+
+def read_logs(path: Path | str, *, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a whole log (file or directory) into memory after checking its schema and values."""
+    frames = list(iter_batches(path, columns=columns))
+    if not frames:
+        raise DataError(f"{path}: the log is empty")
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(df) == 0:
+        raise DataError(f"{path}: the log is empty")
+    check_values(df, str(path))
+    return df
+
+
+def check_values(df: pd.DataFrame, source: str) -> None:
+    """Reject NaN features/rewards and propensities outside (0, 1]."""
+    if "propensity" in df:
+        p = df["propensity"].to_numpy()
+        bad = ~((p > 0) & (p <= 1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{source}: propensity must be in (0, 1], got {float(p[i]):g} at row {i} "
+                f"({int(bad.sum())} of {len(p)} rows out of range)"
+            )
+    if "reward" in df and not np.isfinite(df["reward"].to_numpy()).all():
+        raise DataError(f"{source}: reward has NaN or infinite values")
+    feats = [c for c in df.columns if c.startswith(LOG_PREFIX)]
+    if feats:
+        x = df[feats].to_numpy(dtype=np.float64)
+        if not np.isfinite(x).all():
+            col = feats[int(np.argwhere(~np.isfinite(x))[0, 1])]
+            raise DataError(f"{source}: feature column {col!r} has NaN or infinite values")

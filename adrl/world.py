@@ -1,0 +1,260 @@
+"""Ground-truth world: users with hidden interests and fatigue, and the batched day dynamics every simulator shares.
+
+Maths (per user u, creative c, slot s, impression hour h, fatigue f just before the impression):
+
+    affinity    = interest_u · latent_c
+    logit click = base + w_a·affinity + w_q·quality_c + log(attention_s) + log(activity_seg(h)) − w_f·f
+    p_conv      = σ(base_conv + propensity_seg + w_ca·affinity)            (given a click)
+    f'          = f + annoyance_s · fatigue_sens_seg · (1 + wearout · times c was already shown to u)
+    p_leave     = σ(base_leave + w_l · churn_sens_seg · f')                (after the impression)
+
+Fatigue halves every ``fatigue_half_life`` hours. An action (delay, slot, creative) taken at epoch t shows the ad at
+epoch t + delay; the next decision is at t + delay + 1. A delay that runs past the day shows nothing and ends it.
+``step`` is the one implementation of these dynamics: the logger, the single env (a batch of one) and the vector
+env all call it, with the same draws in the same order, so equal seeds give equal days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from adrl.errors import InvalidAction
+from adrl.scenario import HOURS_PER_DAY, Scenario
+
+NEVER = -1  # last_impression value of a user who saw no ad today
+
+
+@dataclass
+class UserBatch:
+    """State of ``n`` users: static traits, hidden state (interest, fatigue) and observable history."""
+
+    segment: np.ndarray  # (n,) int64
+    interest: np.ndarray  # (n, n_categories) float64, hidden
+    signal: np.ndarray  # (n, n_categories) float32, observed noisy proxy of interest
+    epoch: np.ndarray  # (n,) int64, current decision epoch
+    fatigue: np.ndarray  # (n,) float64 at `epoch`, hidden
+    impression_mask: np.ndarray  # (n,) uint64, bit e set if an ad was shown at epoch e
+    last_impression: np.ndarray  # (n,) int64 epoch of the last ad, NEVER if none
+    clicks: np.ndarray  # (n,) int64 today
+    conversions: np.ndarray  # (n,) int64 today
+    slot_counts: np.ndarray  # (n, n_slots) int64 today
+    creative_counts: np.ndarray  # (n, n_creatives) int64 today
+
+    def __len__(self) -> int:
+        return int(self.segment.shape[0])
+
+    def take(self, idx: np.ndarray | slice) -> UserBatch:
+        """A copy of the users at ``idx``."""
+        return UserBatch(**{f.name: np.array(getattr(self, f.name)[idx]) for f in fields(self)})
+
+    def assign(self, idx: np.ndarray, other: UserBatch) -> None:
+        """Overwrite the users at ``idx`` (bool mask or indices) with ``other``'s, in order."""
+        for f in fields(self):
+            getattr(self, f.name)[idx] = getattr(other, f.name)
+
+
+@dataclass(frozen=True)
+class Response:
+    """Outcome probabilities for a batch of impressions, each shape (n,)."""
+
+    p_click: np.ndarray
+    p_conversion: np.ndarray  # P(conversion | click)
+    p_leave: np.ndarray
+
+    @property
+    def p_ctcvr(self) -> np.ndarray:
+        """P(click and conversion) over all impressions."""
+        return self.p_click * self.p_conversion
+
+
+@runtime_checkable
+class ResponseModel(Protocol):
+    """What drives a simulator: outcome probabilities for users in ``batch`` shown ``action`` (shape (n, 3)).
+
+    ``action`` holds delay indices, slots and creatives; the model sees the state before the wait.
+    """
+
+    def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What happened to each user of the batch in one decision, each shape (n,)."""
+
+    reward: np.ndarray
+    shown: np.ndarray  # an impression happened (False when the delay ran past the day)
+    click: np.ndarray
+    conversion: np.ndarray
+    leave: np.ndarray
+    terminated: np.ndarray  # the user left
+    truncated: np.ndarray  # the day ended
+    hour: np.ndarray  # hour of day of the impression
+    response: Response
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class World:
+    """The ground-truth market of a scenario: samples users, gives true probabilities, steps days."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        sc = scenario
+        self.scenario = sc
+        dyn = sc.dynamics
+        self.latents = sc.creative_latents()  # (C, K)
+        cat_index = {c: i for i, c in enumerate(sc.categories)}
+        self.creative_category = np.array([cat_index[c.category] for c in sc.creatives], dtype=np.int64)
+        self.quality = np.array([c.quality for c in sc.creatives])
+        self.conversion_value = np.array([c.conversion_value for c in sc.creatives])
+        self.log_attention = np.log(np.array([s.attention for s in sc.slots]))
+        self.annoyance = np.array([s.annoyance for s in sc.slots])
+        self.slot_cost = np.array([s.cost for s in sc.slots])
+        shares = np.array([s.share for s in sc.segments])
+        self.segment_share = shares / shares.sum()
+        self.interest_mean = np.array([[s.interest.get(c, 0.0) for c in sc.categories] for s in sc.segments])
+        self.interest_spread = np.array([s.interest_spread for s in sc.segments])
+        self.log_activity = np.log(np.array([s.activity for s in sc.segments]))  # (S, 24)
+        self.fatigue_sens = np.array([s.fatigue_sensitivity for s in sc.segments])
+        self.churn_sens = np.array([s.churn_sensitivity for s in sc.segments])
+        self.conv_propensity = np.array([s.conversion_propensity for s in sc.segments])
+        self.delays = np.array(sc.delays, dtype=np.int64)
+        self.hour_of_epoch = (sc.start_hour + np.arange(sc.horizon + int(self.delays[-1]) + 1)) % HOURS_PER_DAY
+        self.decay_per_hour = 0.5 ** (1.0 / dyn.fatigue_half_life)
+        self.dyn = dyn
+
+    # ---- users -----------------------------------------------------------------------------------------
+    def sample_users(self, n: int, rng: np.random.Generator) -> UserBatch:
+        """``n`` fresh users at the start of their day; draws segment, interest, signal in that order."""
+        sc = self.scenario
+        segment = rng.choice(sc.n_segments, size=n, p=self.segment_share).astype(np.int64)
+        noise = rng.standard_normal((n, sc.n_categories))
+        interest = self.interest_mean[segment] + self.interest_spread[segment, None] * noise
+        signal = interest + self.dyn.signal_noise * rng.standard_normal((n, sc.n_categories))
+        return UserBatch(
+            segment=segment,
+            interest=interest,
+            signal=np.clip(signal, -4.0, 4.0).astype(np.float32),
+            epoch=np.zeros(n, dtype=np.int64),
+            fatigue=np.zeros(n),
+            impression_mask=np.zeros(n, dtype=np.uint64),
+            last_impression=np.full(n, NEVER, dtype=np.int64),
+            clicks=np.zeros(n, dtype=np.int64),
+            conversions=np.zeros(n, dtype=np.int64),
+            slot_counts=np.zeros((n, sc.n_slots), dtype=np.int64),
+            creative_counts=np.zeros((n, sc.n_creatives), dtype=np.int64),
+        )
+
+    # ---- response ----------------------------------------------------------------------------------------
+    def affinity(self, interest: np.ndarray, creative: np.ndarray) -> np.ndarray:
+        return np.einsum("nk,nk->n", interest, self.latents[creative])
+
+    def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response:
+        """True probabilities of click, conversion given click, and leave for ``action`` (n, 3)."""
+        d, s, c = self.delays[action[:, 0]], action[:, 1], action[:, 2]
+        dyn = self.dyn
+        hour = self.hour_of_epoch[batch.epoch + d]
+        fatigue = batch.fatigue * self.decay_per_hour**d
+        aff = self.affinity(batch.interest, c)
+        seg = batch.segment
+        logit = (
+            dyn.base_click_logit
+            + dyn.affinity_weight * aff
+            + dyn.quality_weight * self.quality[c]
+            + self.log_attention[s]
+            + self.log_activity[seg, hour]
+            - dyn.fatigue_weight * fatigue
+        )
+        p_conv = _sigmoid(dyn.base_conversion_logit + self.conv_propensity[seg] + dyn.conversion_affinity_weight * aff)
+        seen = np.take_along_axis(batch.creative_counts, c[:, None], axis=1)[:, 0]
+        after = fatigue + self.fatigue_increment(seg, s, seen)
+        p_leave = _sigmoid(dyn.base_leave_logit + dyn.leave_fatigue_weight * self.churn_sens[seg] * after)
+        return Response(p_click=_sigmoid(logit), p_conversion=p_conv, p_leave=p_leave)
+
+    def fatigue_increment(self, segment: np.ndarray, slot: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        return self.annoyance[slot] * self.fatigue_sens[segment] * (1.0 + self.dyn.wearout * seen)
+
+    def expected_reward(self, response: Response, action: np.ndarray) -> np.ndarray:
+        """Immediate expected reward of ``action`` under ``response`` (before any delay overrun)."""
+        r = self.scenario.rewards
+        value = r.click_value + r.conversion_weight * self.conversion_value[action[:, 2]] * response.p_conversion
+        return response.p_click * value - self.slot_cost[action[:, 1]]
+
+    # ---- dynamics ----------------------------------------------------------------------------------------
+    def check_actions(self, action: np.ndarray) -> np.ndarray:
+        """Return ``action`` as int64 (n, 3) or raise ``InvalidAction`` naming the bad entry."""
+        a = np.asarray(action)
+        if a.ndim != 2 or a.shape[1] != 3:
+            raise InvalidAction(f"actions must have shape (n, 3) = (delay, slot, creative), got {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer) and not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+            raise InvalidAction(f"actions must be integers, got dtype {a.dtype}")
+        a = a.astype(np.int64, copy=False)
+        nvec = np.array(self.scenario.action_nvec)
+        bad = (a < 0) | (a >= nvec)
+        if bad.any():
+            row, col = (int(x) for x in np.argwhere(bad)[0])
+            part = ("delay", "slot", "creative")[col]
+            raise InvalidAction(
+                f"action {a[row].tolist()} has {part} index {int(a[row, col])}, expected 0..{int(nvec[col]) - 1}"
+            )
+        return a
+
+    def step(
+        self, batch: UserBatch, action: np.ndarray, rng: np.random.Generator, response: ResponseModel | None = None
+    ) -> StepResult:
+        """Advance every user of ``batch`` by one decision, in place.
+
+        Draws ``rng.random((n, 3))`` (click, conversion, leave; always in this order, one row per user) and
+        samples outcomes from ``response`` (the ground truth when None). Hidden fatigue follows the true process
+        whatever drives the outcomes, so a learned backend only replaces the probabilities.
+        """
+        action = self.check_actions(action)
+        model = self if response is None else response
+        n = len(batch)
+        d = self.delays[action[:, 0]]
+        s, c = action[:, 1], action[:, 2]
+        resp = model.probabilities(batch, action)
+        u = rng.random((n, 3))
+        at = batch.epoch + d
+        shown = at < self.scenario.horizon
+        click = shown & (u[:, 0] < resp.p_click)
+        conversion = click & (u[:, 1] < resp.p_conversion)
+        leave = shown & (u[:, 2] < resp.p_leave)
+        rw = self.scenario.rewards
+        reward = np.where(
+            shown,
+            rw.click_value * click + rw.conversion_weight * self.conversion_value[c] * conversion - self.slot_cost[s],
+            0.0,
+        )
+        hour = self.hour_of_epoch[at]
+        # bookkeeping (observable history and hidden fatigue)
+        seen = np.take_along_axis(batch.creative_counts, c[:, None], axis=1)[:, 0]
+        fatigue = batch.fatigue * self.decay_per_hour**d + np.where(
+            shown, self.fatigue_increment(batch.segment, s, seen), 0.0
+        )
+        batch.fatigue = fatigue * self.decay_per_hour
+        rows = np.flatnonzero(shown)
+        batch.impression_mask[rows] |= np.left_shift(np.uint64(1), at[rows].astype(np.uint64))
+        batch.last_impression[rows] = at[rows]
+        batch.clicks += click
+        batch.conversions += conversion
+        batch.slot_counts[rows, s[rows]] += 1
+        batch.creative_counts[rows, c[rows]] += 1
+        batch.epoch = at + 1
+        terminated = leave
+        truncated = ~terminated & (batch.epoch >= self.scenario.horizon)
+        return StepResult(
+            reward=reward,
+            shown=shown,
+            click=click,
+            conversion=conversion,
+            leave=leave,
+            terminated=terminated,
+            truncated=truncated,
+            hour=hour,
+            response=resp,
+        )

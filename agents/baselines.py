@@ -1,0 +1,277 @@
+"""Baseline policies: uniform random, myopic greedy, the pacing heuristic, and an ε-mixture of any of them.
+
+Greedy and pacing rank actions by a :class:`ValueModel`: the immediate expected reward of every action predicted
+from the observation alone. :class:`WorldValueModel` is the ground truth's own model evaluated at the best guess of
+the hidden state given what is observable (interest shrunk from the noisy signal, fatigue rebuilt from the
+impression counts); the learned behavior model is another value model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from adrl.agents.base import check_obs, flat_index, one_hot, sample_from, unflatten
+from adrl.agents.registry import load_policy_artifact, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.errors import ArtifactError
+from adrl.features import FeatureLayout
+from adrl.scenario import HOURS_PER_DAY, Scenario
+from adrl.world import World
+
+
+@runtime_checkable
+class ValueModel(Protocol):
+    """Immediate expected reward of each action, from observations only."""
+
+    def expected_reward(self, obs: np.ndarray, delays: np.ndarray | None = None) -> np.ndarray:
+        """Shape (n, len(delays), n_slots, n_creatives); ``delays`` are delay indices (all when None)."""
+        ...
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class WorldValueModel:
+    """The ground-truth response evaluated at E[hidden state | observation]."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.world = World(scenario)
+        self.layout = FeatureLayout.from_scenario(scenario)
+        w = self.world
+        var = w.interest_spread**2
+        self.shrink = var / (var + scenario.dynamics.signal_noise**2 + 1e-12)  # per segment
+        k = scenario.n_categories
+        self._sig = slice(1, 1 + k)
+        self._hour = self.layout.index("hour")
+        self._w = [self.layout.index(f"impressions_{h}h") for h in (1, 6, 24)]
+        slot0 = self.layout.index(f"slot_count_{scenario.slots[0].name}")
+        self._slots = slice(slot0, slot0 + scenario.n_slots)
+        self._creatives = slice(self.layout.obs_dim - scenario.n_creatives, self.layout.obs_dim)
+
+    def fatigue_estimate(self, obs: np.ndarray) -> np.ndarray:
+        """Fatigue at the decision epoch rebuilt from impression counts by age, slot mix and wear-out."""
+        w = self.world
+        decay = w.decay_per_hour
+        n1, n6, n24 = (obs[:, i].astype(np.float64) for i in self._w)
+        aged = n1 * decay + (n6 - n1) * decay**3.5 + (n24 - n6) * decay**14
+        slot_counts = obs[:, self._slots].astype(np.float64)
+        total = np.maximum(slot_counts.sum(axis=1), 1.0)
+        mean_annoyance = slot_counts @ w.annoyance / total
+        counts = obs[:, self._creatives].astype(np.float64)
+        mean_seen = (counts * (counts - 1) / 2).sum(axis=1) / total
+        seg = obs[:, 0].astype(np.int64)
+        return aged * mean_annoyance * w.fatigue_sens[seg] * (1 + w.dyn.wearout * mean_seen)
+
+    def expected_reward(self, obs: np.ndarray, delays: np.ndarray | None = None) -> np.ndarray:
+        w, dyn = self.world, self.world.dyn
+        sc = w.scenario
+        d_idx = np.arange(sc.n_delays) if delays is None else np.asarray(delays)
+        d_hours = w.delays[d_idx]
+        seg = obs[:, 0].astype(np.int64)
+        signal = obs[:, self._sig].astype(np.float64)
+        mean = w.interest_mean[seg]
+        interest = mean + self.shrink[seg, None] * (signal - mean)
+        aff = interest @ w.latents.T  # (n, C)
+        hour = (obs[:, self._hour].astype(np.int64)[:, None] + d_hours[None, :]) % HOURS_PER_DAY  # (n, D)
+        fatigue = self.fatigue_estimate(obs)[:, None] * w.decay_per_hour ** d_hours[None, :]  # (n, D)
+        base = dyn.affinity_weight * aff + dyn.quality_weight * w.quality  # (n, C)
+        time = w.log_activity[seg[:, None], hour] - dyn.fatigue_weight * fatigue  # (n, D)
+        logit = dyn.base_click_logit + time[:, :, None, None] + w.log_attention[None, None, :, None]
+        p_click = _sigmoid(logit + base[:, None, None, :])  # (n, D, S, C)
+        p_conv = _sigmoid(
+            dyn.base_conversion_logit + w.conv_propensity[seg, None] + dyn.conversion_affinity_weight * aff
+        )
+        rw = sc.rewards
+        value = rw.click_value + rw.conversion_weight * w.conversion_value[None, :] * p_conv  # (n, C)
+        return p_click * value[:, None, None, :] - w.slot_cost[None, None, :, None]
+
+
+class _Deterministic:
+    """A policy that picks one action per observation; probabilities are one-hot."""
+
+    nvec: tuple[int, int, int]
+    obs_dim: int
+    scenario: Scenario
+    kind: str
+    version = 1
+
+    def _check_saveable(self) -> None:
+        if not isinstance(self.value_model, WorldValueModel):
+            raise ArtifactError(
+                f"{self.kind} policy with a {type(self.value_model).__name__} value model cannot be saved; "
+                "only the ground-truth value model is portable"
+            )
+
+    value_model: ValueModel
+
+    def save(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def choose(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+        return self.choose(check_obs(obs, self.obs_dim))
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        action = self.predict(obs)
+        return one_hot(flat_index(action, self.nvec), int(np.prod(self.nvec)))
+
+
+class RandomPolicy:
+    """Uniform over every (delay, slot, creative)."""
+
+    kind = "random"
+    version = 1
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.nvec = scenario.action_nvec
+        self.obs_dim = FeatureLayout.from_scenario(scenario).obs_dim
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def save(self, path: Path) -> None:
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario,
+                              extra={"seed": self.seed})  # fmt: skip
+
+    @classmethod
+    def load(cls, path: Path) -> RandomPolicy:
+        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        return cls(scenario, seed=manifest.get("seed"))
+
+    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+        n = check_obs(obs, self.obs_dim).shape[0]
+        return np.stack([self.rng.integers(0, k, n) for k in self.nvec], axis=1)
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        n = check_obs(obs, self.obs_dim).shape[0]
+        a = int(np.prod(self.nvec))
+        return np.full((n, a), 1.0 / a)
+
+
+class GreedyPolicy(_Deterministic):
+    """Always show now (delay 0) the slot and creative with the highest immediate expected reward."""
+
+    kind = "greedy"
+
+    def __init__(self, scenario: Scenario, value_model: ValueModel | None = None) -> None:
+        self.scenario = scenario
+        self.nvec = scenario.action_nvec
+        self.obs_dim = FeatureLayout.from_scenario(scenario).obs_dim
+        self.value_model = value_model or WorldValueModel(scenario)
+
+    def choose(self, obs: np.ndarray) -> np.ndarray:
+        v = self.value_model.expected_reward(obs, np.array([0]))[:, 0]  # (n, S, C)
+        best = v.reshape(v.shape[0], -1).argmax(axis=1)
+        s, c = np.divmod(best, self.nvec[2])
+        return np.stack([np.zeros_like(s), s, c], axis=1)
+
+    def save(self, path: Path) -> None:
+        self._check_saveable()
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario)
+
+    @classmethod
+    def load(cls, path: Path) -> GreedyPolicy:
+        _, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        return cls(scenario)
+
+
+class PacingPolicy(_Deterministic):
+    """Best slot and creative by predicted value, but never sooner than ``min_gap`` hours after the last ad.
+
+    With a gap to wait out it takes the shortest delay that covers it (the longest one if none does).
+    """
+
+    kind = "pacing"
+
+    def __init__(self, scenario: Scenario, min_gap: int, value_model: ValueModel | None = None) -> None:
+        if min_gap < 1:
+            raise ValueError(f"min_gap must be >= 1 hour, got {min_gap}")
+        layout = FeatureLayout.from_scenario(scenario)
+        self.scenario = scenario
+        self.nvec = scenario.action_nvec
+        self.obs_dim = layout.obs_dim
+        self.min_gap = min_gap
+        self.value_model = value_model or WorldValueModel(scenario)
+        self.delays = np.array(scenario.delays)
+        self._since = layout.index("hours_since_last_ad")
+
+    def choose(self, obs: np.ndarray) -> np.ndarray:
+        wait = np.maximum(self.min_gap - obs[:, self._since], 0)
+        covers = self.delays[None, :] >= wait[:, None]
+        d = np.where(covers.any(axis=1), covers.argmax(axis=1), len(self.delays) - 1)
+        v = self.value_model.expected_reward(obs)  # (n, D, S, C)
+        v = v[np.arange(obs.shape[0]), d].reshape(obs.shape[0], -1)
+        s, c = np.divmod(v.argmax(axis=1), self.nvec[2])
+        return np.stack([d, s, c], axis=1)
+
+    def save(self, path: Path) -> None:
+        self._check_saveable()
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario,
+                              extra={"min_gap": self.min_gap})  # fmt: skip
+
+    @classmethod
+    def load(cls, path: Path) -> PacingPolicy:
+        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        gap = manifest.get("min_gap")
+        if not isinstance(gap, int) or gap < 1:
+            raise ArtifactError(f"{path}/manifest.json: min_gap must be an integer >= 1, got {gap!r}")
+        return cls(scenario, gap)
+
+
+class EpsilonGreedyPolicy:
+    """With probability ``epsilon`` a uniform action, else ``base``'s deterministic choice."""
+
+    kind = "epsilon-greedy"
+    version = 1
+
+    def __init__(self, base: _Deterministic, epsilon: float, *, seed: int | None = None) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.base, self.epsilon = base, epsilon
+        self.nvec, self.obs_dim = base.nvec, base.obs_dim
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def save(self, path: Path) -> None:
+        self.base.save(Path(path) / "base")
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.base.scenario,
+                              extra={"epsilon": self.epsilon, "seed": self.seed})  # fmt: skip
+
+    @classmethod
+    def load(cls, path: Path) -> EpsilonGreedyPolicy:
+        manifest, _ = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        base = load_policy_artifact(Path(path) / "base")
+        if not isinstance(base, _Deterministic):
+            raise ArtifactError(f"{path}/base: epsilon-greedy needs a deterministic base policy, got {base.kind}")
+        eps = manifest.get("epsilon")
+        if not isinstance(eps, int | float) or not 0.0 <= eps <= 1.0:
+            raise ArtifactError(f"{path}/manifest.json: epsilon must be a number in [0, 1], got {eps!r}")
+        return cls(base, float(eps), seed=manifest.get("seed"))
+
+    def predict(self, obs: np.ndarray, *, deterministic: bool = False) -> np.ndarray:
+        greedy = self.base.predict(obs)
+        if deterministic:
+            return greedy
+        explore = self.rng.random((greedy.shape[0],)) < self.epsilon
+        uniform = unflatten(self.rng.integers(0, int(np.prod(self.nvec)), size=(greedy.shape[0],)), self.nvec)
+        return np.where(explore[:, None], uniform, greedy)
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        a = int(np.prod(self.nvec))
+        return (1 - self.epsilon) * self.base.action_probabilities(obs) + self.epsilon / a
+
+
+def sample_actions(policy: object, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sample (n, 3) actions from ``policy``'s exact distribution; returns actions and the joint (n, A) probs."""
+    probs = policy.action_probabilities(obs)  # type: ignore[attr-defined]
+    nvec = policy.nvec  # type: ignore[attr-defined]
+    return unflatten(sample_from(probs, rng), nvec), probs
+
+
+for _cls in (RandomPolicy, GreedyPolicy, PacingPolicy, EpsilonGreedyPolicy):
+    register_kind(_cls.kind, _cls.load)
