@@ -136,34 +136,48 @@ class FeatureLayout:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ---- encoding ----------------------------------------------------------------------------------------
+    @cached_property
+    def _encode_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-epoch lookup tables for ``encode``: time features (hour, sin, cos, progress) and window bit masks."""
+        # every epoch a day can reach, and enough for all later epochs to encode alike (windows past bit 63 are empty)
+        n_epochs = max(self.horizon + max(self.delays) + 2, 64 + max(WINDOWS) + 1)
+        epoch = np.arange(n_epochs)
+        hour = (self.start_hour + np.minimum(epoch, self.horizon - 1)) % HOURS_PER_DAY
+        angle = 2.0 * np.pi * hour / HOURS_PER_DAY
+        time = np.empty((n_epochs, 4), dtype=np.float32)
+        time[:, 0] = hour
+        time[:, 1] = np.sin(angle)
+        time[:, 2] = np.cos(angle)
+        time[:, 3] = np.minimum(epoch, self.horizon) / self.horizon
+        windows = np.stack([_window_mask(epoch, w) for w in WINDOWS], axis=1)  # (n_epochs, len(WINDOWS)) uint64
+        return time, windows, self.obs_low, self.obs_high
+
     def encode(self, batch: UserBatch) -> np.ndarray:
         """Observation of every user in ``batch``: float32 (n, obs_dim), inside [obs_low, obs_high]."""
+        time, windows, low, high = self._encode_tables
         n = len(batch)
         k = len(self.categories)
         out = np.empty((n, self.obs_dim), dtype=np.float32)
-        epoch = np.minimum(batch.epoch, self.horizon - 1)
-        hour = (self.start_hour + epoch) % HOURS_PER_DAY
-        angle = 2.0 * np.pi * hour / HOURS_PER_DAY
         out[:, 0] = batch.segment
         out[:, 1 : 1 + k] = batch.signal
         j = 1 + k
-        out[:, j] = hour
-        out[:, j + 1] = np.sin(angle)
-        out[:, j + 2] = np.cos(angle)
-        out[:, j + 3] = np.minimum(batch.epoch, self.horizon) / self.horizon
+        # mode="clip": epochs past the tables encode like the last one (they all encode alike)
+        out[:, j : j + 4] = time.take(batch.epoch, axis=0, mode="clip")  # hour, hour_sin, hour_cos, day_progress
         j += 4
-        for w_i, w in enumerate(WINDOWS):
-            out[:, j + w_i] = _count_window(batch.impression_mask, batch.epoch, w)
+        masks = windows.take(batch.epoch, axis=0, mode="clip")
+        out[:, j : j + len(WINDOWS)] = np.bitwise_count(batch.impression_mask[:, None] & masks)
         j += len(WINDOWS)
-        since = np.where(batch.last_impression == NEVER, HOURS_PER_DAY, batch.epoch - batch.last_impression)
-        out[:, j] = np.minimum(since, HOURS_PER_DAY)
+        since = batch.epoch - batch.last_impression
+        since[batch.last_impression == NEVER] = HOURS_PER_DAY
+        out[:, j] = since
         out[:, j + 1] = batch.clicks
         out[:, j + 2] = batch.conversions
         j += 3
         out[:, j : j + len(self.slots)] = batch.slot_counts
         j += len(self.slots)
         out[:, j : j + len(self.creatives)] = batch.creative_counts
-        np.clip(out, self.obs_low, self.obs_high, out=out)
+        np.maximum(out, low, out=out)  # caps every feature, e.g. hours_since_last_ad at a day
+        np.minimum(out, high, out=out)
         return out
 
     def encode_actions(self, obs: np.ndarray, action: np.ndarray, category_of: np.ndarray) -> np.ndarray:
@@ -193,12 +207,13 @@ class FeatureLayout:
         return out
 
 
-def _count_window(mask: np.ndarray, epoch: np.ndarray, hours: int) -> np.ndarray:
-    """Impressions in the ``hours`` epochs before ``epoch`` (bits epoch-hours .. epoch-1 of ``mask``)."""
+def _window_mask(epoch: np.ndarray, hours: int) -> np.ndarray:
+    """Bit masks (uint64) selecting bits ``max(epoch - hours, 0) .. min(epoch, 64) - 1``."""
     e = np.minimum(epoch, 64).astype(np.uint64)
     lo = np.maximum(epoch - hours, 0).astype(np.uint64)
     full = np.uint64(0xFFFFFFFFFFFFFFFF)
     # bits [lo, e): (all ones below e) & ~(all ones below lo); shifting by 64 is undefined, so special-case it
-    below_e = np.where(e >= 64, full, (np.uint64(1) << e) - np.uint64(1))
-    below_lo = (np.uint64(1) << lo) - np.uint64(1)
-    return np.bitwise_count(mask & below_e & ~below_lo).astype(np.float32)
+    below_e = np.where(e >= 64, full, (np.uint64(1) << np.minimum(e, np.uint64(63))) - np.uint64(1))
+    below_lo = (np.uint64(1) << np.minimum(lo, np.uint64(63))) - np.uint64(1)
+    below_lo = np.where(lo >= 64, full, below_lo)
+    return below_e & ~below_lo

@@ -10,7 +10,9 @@ Layout and scenario hashes travel in the file's metadata.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -80,7 +82,11 @@ def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = Fa
 
 
 class LogWriter(AbstractContextManager["LogWriter"]):
-    """Append record batches to a parquet file that appears under its final name only when closed cleanly."""
+    """Append record batches to a parquet file that appears under its final name only when closed cleanly.
+
+    Encoding and compression run on one background thread (pyarrow releases the GIL), so a simulator keeps
+    computing the next chunk meanwhile; at most two chunks wait in memory.
+    """
 
     def __init__(
         self,
@@ -98,22 +104,35 @@ class LogWriter(AbstractContextManager["LogWriter"]):
         self.schema = schema
         self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="lz4")
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="lz4", use_dictionary=False)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adrl-log-writer")
+        self._pending: deque[Future[None]] = deque()
         self.n_rows = 0
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
-        """Write one chunk given as ``{column: array}``; every schema column must be present."""
+        """Queue one chunk given as ``{column: array}`` (every schema column present) for writing."""
         missing = [f.name for f in self.schema if f.name not in columns]
         if missing:
             raise DataError(f"log chunk is missing columns {missing[:5]}")
         arrays = [pa.array(np.asarray(columns[f.name]), type=f.type) for f in self.schema]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self.n_rows += len(arrays[0])
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()  # re-raises a failed write here
+        self._pending.append(self._pool.submit(self._writer.write_batch, batch))
+        self.n_rows += batch.num_rows
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._writer.close()
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            self._writer.close()
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
+        finally:
+            self._pool.shutdown(wait=True)
         self._atomic.__exit__(exc_type, exc, tb)  # renames on success, deletes the temp file on error
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +61,7 @@ def logged_actions(
         return action, np.full(n, 1.0 / np.prod(nvec)), (comps[0], comps[1], comps[2])
     if isinstance(policy, EpsilonGreedyPolicy):
         nvec, eps = policy.nvec, policy.epsilon
-        greedy = policy.base.predict(obs)
+        greedy = policy.base.predict(obs)  # needed for every row: it sets the propensity of exploring rows too
         explore = rng.random((n,)) < eps
         uniform = np.stack([rng.integers(0, k, n) for k in nvec], axis=1)
         action = np.where(explore[:, None], uniform, greedy)
@@ -75,6 +77,55 @@ def logged_actions(
     return action, joint, (pd[rows, action[:, 0]], ps[rows, action[:, 1]], pc[rows, action[:, 2]])
 
 
+def _simulate_chunk(
+    world: World,
+    layout: FeatureLayout,
+    policy: object,
+    first: int,
+    n: int,
+    stream: np.random.SeedSequence,
+) -> list[dict[str, np.ndarray]]:
+    """Simulate users ``first .. first + n`` from their own random stream; one column dict per step."""
+    rng = np.random.default_rng(stream)
+    feat_cols = [LOG_PREFIX + name for name in layout.obs_names]
+    batch = world.sample_users(n, rng)  # only users still in their day stay in the batch
+    active = np.arange(n)
+    step = 0
+    out = []
+    while active.size:
+        obs = layout.encode(batch)
+        action, prop, (pd, ps, pc) = logged_actions(policy, obs, rng)
+        res = world.step(batch, action, rng)
+        cols: dict[str, np.ndarray] = {
+            "episode_id": first + active,
+            "user_id": first + active,
+            "step": np.full(active.size, step, dtype=np.int32),
+            "hour": res.hour,
+            "delay": action[:, 0],
+            "slot": action[:, 1],
+            "creative": action[:, 2],
+            "propensity": prop,
+            "propensity_delay": pd,
+            "propensity_slot": ps,
+            "propensity_creative": pc,
+            "shown": res.shown,
+            "click": res.click,
+            "conversion": res.conversion,
+            "leave": res.leave,
+            "reward": res.reward,
+            "p_click": res.response.p_click,
+            "p_conversion": res.response.p_conversion,
+            "p_leave": res.response.p_leave,
+        }
+        cols.update(zip(feat_cols, obs.T, strict=True))
+        out.append(cols)
+        going = ~(res.terminated | res.truncated)
+        if not going.all():
+            active, batch = active[going], batch.take(going)
+        step += 1
+    return out
+
+
 def simulate(
     scenario: Scenario,
     *,
@@ -84,17 +135,21 @@ def simulate(
     epsilon: float = 0.3,
     seed: int | None = 0,
     chunk_users: int = 65_536,
+    workers: int = 2,
     progress: bool = True,
 ) -> SimulationSummary:
     """Simulate ``n_users`` user-days and write every decision to ``out`` (parquet, written atomically).
 
-    Users are simulated in chunks of ``chunk_users`` with independent random streams spawned from ``seed``,
-    so memory stays bounded and the same seed gives the same file.
+    Users are simulated in chunks of ``chunk_users``, each with its own random stream spawned from ``seed``;
+    ``workers`` chunks run at once on threads (numpy releases the GIL) and are written in order, so memory stays
+    bounded and the same seed and chunk size give the same file whatever the number of workers.
     """
     if n_users < 1:
         raise ValueError(f"n_users must be >= 1, got {n_users}")
     if chunk_users < 1:
         raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
     policy = (
@@ -104,11 +159,11 @@ def simulate(
     )
     n_chunks = -(-n_users // chunk_users)
     streams = np.random.SeedSequence(seed).spawn(n_chunks)
-    feat_cols = [LOG_PREFIX + n for n in layout.obs_names]
     totals = dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
     start = time.perf_counter()
     with (
         LogWriter(out, layout, truth=True, scenario_hash=scenario.content_hash) as writer,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adrl-simulate") as pool,
         Progress(
             TextColumn("simulating"),
             BarColumn(),
@@ -120,51 +175,29 @@ def simulate(
         ) as bar,
     ):
         task = bar.add_task("simulate", total=n_users)
-        for k in range(n_chunks):
-            rng = np.random.default_rng(streams[k])
-            first = k * chunk_users
-            n = min(chunk_users, n_users - first)
-            batch = world.sample_users(n, rng)
-            active = np.arange(n)
-            step = 0
-            while active.size:
-                sub = batch.take(active)
-                obs = layout.encode(sub)
-                action, prop, (pd, ps, pc) = logged_actions(policy, obs, rng)
-                res = world.step(sub, action, rng)
-                batch.assign(active, sub)
-                cols: dict[str, np.ndarray] = {
-                    "episode_id": first + active,
-                    "user_id": first + active,
-                    "step": np.full(active.size, step, dtype=np.int32),
-                    "hour": res.hour,
-                    "delay": action[:, 0],
-                    "slot": action[:, 1],
-                    "creative": action[:, 2],
-                    "propensity": prop,
-                    "propensity_delay": pd,
-                    "propensity_slot": ps,
-                    "propensity_creative": pc,
-                    "shown": res.shown,
-                    "click": res.click,
-                    "conversion": res.conversion,
-                    "leave": res.leave,
-                    "reward": res.reward,
-                    "p_click": res.response.p_click,
-                    "p_conversion": res.response.p_conversion,
-                    "p_leave": res.response.p_leave,
-                }
-                cols.update(zip(feat_cols, obs.T, strict=True))
-                writer.write(cols)
-                totals["decisions"] += active.size
-                totals["impressions"] += int(res.shown.sum())
-                totals["clicks"] += int(res.click.sum())
-                totals["conversions"] += int(res.conversion.sum())
-                totals["leaves"] += int(res.leave.sum())
-                totals["reward"] += float(res.reward.sum())
-                active = active[~(res.terminated | res.truncated)]
-                step += 1
-            bar.advance(task, n)
+        pending: deque[tuple[int, Future[list[dict[str, np.ndarray]]]]] = deque()
+        submitted = 0
+        try:
+            while submitted < n_chunks or pending:
+                while submitted < n_chunks and len(pending) < workers:
+                    first = submitted * chunk_users
+                    n = min(chunk_users, n_users - first)
+                    job = pool.submit(_simulate_chunk, world, layout, policy, first, n, streams[submitted])
+                    pending.append((n, job))
+                    submitted += 1
+                n, job = pending.popleft()
+                for cols in job.result():
+                    writer.write(cols)
+                    totals["decisions"] += len(cols["step"])
+                    totals["impressions"] += int(cols["shown"].sum())
+                    totals["clicks"] += int(cols["click"].sum())
+                    totals["conversions"] += int(cols["conversion"].sum())
+                    totals["leaves"] += int(cols["leave"].sum())
+                    totals["reward"] += float(cols["reward"].sum())
+                bar.advance(task, n)
+        finally:
+            for _, job in pending:
+                job.cancel()
     seconds = time.perf_counter() - start
     imps = int(totals["impressions"])
     return SimulationSummary(

@@ -126,6 +126,17 @@ class World:
         self.hour_of_epoch = (sc.start_hour + np.arange(sc.horizon + int(self.delays[-1]) + 1)) % HOURS_PER_DAY
         self.decay_per_hour = 0.5 ** (1.0 / dyn.fatigue_half_life)
         self.dyn = dyn
+        # lookup tables for the hot path (same values and arithmetic order as the formulas in the module docstring)
+        self._nvec = np.array(sc.action_nvec, dtype=np.int64)
+        self._nvec_u64 = self._nvec.astype(np.uint64)  # negative int64 indices read as uint64 are huge: one compare
+        self._epoch_bit = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))  # impression_mask bit of epoch
+        self._decay_of_delay = self.decay_per_hour**self.delays  # by delay index
+        self._log_activity_of_epoch = self.log_activity[:, self.hour_of_epoch]  # (S, epochs)
+        self._quality_term = dyn.quality_weight * self.quality  # (C,)
+        self._conv_base = dyn.base_conversion_logit + self.conv_propensity  # (S,)
+        self._leave_slope = dyn.leave_fatigue_weight * self.churn_sens  # (S,)
+        self._annoyance_of = self.annoyance[None, :] * self.fatigue_sens[:, None]  # (S, slots)
+        self._conversion_reward = sc.rewards.conversion_weight * self.conversion_value  # (C,)
 
     # ---- users -----------------------------------------------------------------------------------------
     def sample_users(self, n: int, rng: np.random.Generator) -> UserBatch:
@@ -155,25 +166,40 @@ class World:
 
     def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response:
         """True probabilities of click, conversion given click, and leave for ``action`` (n, 3)."""
-        d, s, c = self.delays[action[:, 0]], action[:, 1], action[:, 2]
+        return self._respond(batch, action)[0]
+
+    def _respond(
+        self, batch: UserBatch, action: np.ndarray
+    ) -> tuple[Response, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Response plus what ``step`` reuses: impression epoch, decayed fatigue, the impression's fatigue increment
+        and the probabilities as one (3, n) array (click, conversion, leave)."""
+        d_idx, s, c = action[:, 0], action[:, 1], action[:, 2]
         dyn = self.dyn
-        hour = self.hour_of_epoch[batch.epoch + d]
-        fatigue = batch.fatigue * self.decay_per_hour**d
-        aff = self.affinity(batch.interest, c)
         seg = batch.segment
-        logit = (
+        at = batch.epoch + self.delays[d_idx]
+        fatigue = batch.fatigue * self._decay_of_delay[d_idx]
+        aff = np.einsum("nk,nk->n", batch.interest, self.latents[c])  # = affinity(interest, c)
+        n = aff.shape[0]
+        logits = np.empty((3, n))  # click, conversion, leave: one sigmoid call for all three
+        logits[0] = (
             dyn.base_click_logit
             + dyn.affinity_weight * aff
-            + dyn.quality_weight * self.quality[c]
+            + self._quality_term[c]
             + self.log_attention[s]
-            + self.log_activity[seg, hour]
+            + self._log_activity_of_epoch[seg, at]
             - dyn.fatigue_weight * fatigue
         )
-        p_conv = _sigmoid(dyn.base_conversion_logit + self.conv_propensity[seg] + dyn.conversion_affinity_weight * aff)
-        seen = np.take_along_axis(batch.creative_counts, c[:, None], axis=1)[:, 0]
-        after = fatigue + self.fatigue_increment(seg, s, seen)
-        p_leave = _sigmoid(dyn.base_leave_logit + dyn.leave_fatigue_weight * self.churn_sens[seg] * after)
-        return Response(p_click=_sigmoid(logit), p_conversion=p_conv, p_leave=p_leave)
+        logits[1] = self._conv_base[seg] + dyn.conversion_affinity_weight * aff
+        seen = batch.creative_counts[np.arange(n), c]
+        increment = self._annoyance_of[seg, s] * (1.0 + dyn.wearout * seen)  # = fatigue_increment(seg, s, seen)
+        logits[2] = dyn.base_leave_logit + self._leave_slope[seg] * (fatigue + increment)
+        p = _sigmoid(logits)
+        return Response(p_click=p[0], p_conversion=p[1], p_leave=p[2]), at, fatigue, increment, p
+
+    def _increment(self, batch: UserBatch, slot: np.ndarray, creative: np.ndarray) -> np.ndarray:
+        """Fatigue one impression of ``creative`` in ``slot`` would add (``fatigue_increment`` via lookup tables)."""
+        seen = batch.creative_counts[np.arange(len(creative)), creative]
+        return self._annoyance_of[batch.segment, slot] * (1.0 + self.dyn.wearout * seen)
 
     def fatigue_increment(self, segment: np.ndarray, slot: np.ndarray, seen: np.ndarray) -> np.ndarray:
         return self.annoyance[slot] * self.fatigue_sens[segment] * (1.0 + self.dyn.wearout * seen)
@@ -190,16 +216,17 @@ class World:
         a = np.asarray(action)
         if a.ndim != 2 or a.shape[1] != 3:
             raise InvalidAction(f"actions must have shape (n, 3) = (delay, slot, creative), got {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer) and not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+        if a.dtype.kind not in "iu" and (
+            a.dtype.kind not in "fb" or not (np.all(np.isfinite(a)) and np.all(a == np.round(a)))
+        ):
             raise InvalidAction(f"actions must be integers, got dtype {a.dtype}")
         a = a.astype(np.int64, copy=False)
-        nvec = np.array(self.scenario.action_nvec)
-        bad = (a < 0) | (a >= nvec)
-        if bad.any():
+        if np.count_nonzero(a.view(np.uint64) >= self._nvec_u64):
+            bad = (a < 0) | (a >= self._nvec)
             row, col = (int(x) for x in np.argwhere(bad)[0])
             part = ("delay", "slot", "creative")[col]
             raise InvalidAction(
-                f"action {a[row].tolist()} has {part} index {int(a[row, col])}, expected 0..{int(nvec[col]) - 1}"
+                f"action {a[row].tolist()} has {part} index {int(a[row, col])}, expected 0..{int(self._nvec[col]) - 1}"
             )
         return a
 
@@ -213,37 +240,46 @@ class World:
         whatever drives the outcomes, so a learned backend only replaces the probabilities.
         """
         action = self.check_actions(action)
-        model = self if response is None else response
         n = len(batch)
-        d = self.delays[action[:, 0]]
         s, c = action[:, 1], action[:, 2]
-        resp = model.probabilities(batch, action)
+        if (response is None or response is self) and type(self).probabilities is World.probabilities:
+            resp, at, fatigue, increment, p = self._respond(batch, action)  # one pass shared with the bookkeeping
+        else:
+            resp = (self if response is None else response).probabilities(batch, action)
+            at = batch.epoch + self.delays[action[:, 0]]
+            fatigue = batch.fatigue * self._decay_of_delay[action[:, 0]]
+            increment = self._increment(batch, s, c)
+            p = np.stack([resp.p_click, resp.p_conversion, resp.p_leave])
         u = rng.random((n, 3))
-        at = batch.epoch + d
+        hit = u < p.T  # (n, 3): click, conversion given click, leave
         shown = at < self.scenario.horizon
-        click = shown & (u[:, 0] < resp.p_click)
-        conversion = click & (u[:, 1] < resp.p_conversion)
-        leave = shown & (u[:, 2] < resp.p_leave)
-        rw = self.scenario.rewards
-        reward = np.where(
-            shown,
-            rw.click_value * click + rw.conversion_weight * self.conversion_value[c] * conversion - self.slot_cost[s],
-            0.0,
-        )
+        click = shown & hit[:, 0]
+        conversion = click & hit[:, 1]
+        leave = shown & hit[:, 2]
+        reward = self.scenario.rewards.click_value * click + self._conversion_reward[c] * conversion - self.slot_cost[s]
         hour = self.hour_of_epoch[at]
         # bookkeeping (observable history and hidden fatigue)
-        seen = np.take_along_axis(batch.creative_counts, c[:, None], axis=1)[:, 0]
-        fatigue = batch.fatigue * self.decay_per_hour**d + np.where(
-            shown, self.fatigue_increment(batch.segment, s, seen), 0.0
-        )
-        batch.fatigue = fatigue * self.decay_per_hour
-        rows = np.flatnonzero(shown)
-        batch.impression_mask[rows] |= np.left_shift(np.uint64(1), at[rows].astype(np.uint64))
-        batch.last_impression[rows] = at[rows]
-        batch.clicks += click
-        batch.conversions += conversion
-        batch.slot_counts[rows, s[rows]] += 1
-        batch.creative_counts[rows, c[rows]] += 1
+        if np.count_nonzero(shown) == n:
+            rows, at_rows, s_rows, c_rows = np.arange(n), at, s, c
+        else:
+            not_shown = ~shown
+            reward[not_shown] = 0.0
+            increment[not_shown] = 0.0
+            rows = np.flatnonzero(shown)
+            at_rows, s_rows, c_rows = at[rows], s[rows], c[rows]
+        batch.fatigue = (fatigue + increment) * self.decay_per_hour
+        batch.last_impression[rows] = at_rows
+        np.add(batch.clicks, click, out=batch.clicks)
+        np.add(batch.conversions, conversion, out=batch.conversions)
+        bits = self._epoch_bit[at_rows]
+        if n <= 32:  # ufunc.at has the least overhead on tiny batches (the single env), fancy += wins on large ones
+            np.bitwise_or.at(batch.impression_mask, rows, bits)
+            np.add.at(batch.slot_counts, (rows, s_rows), 1)
+            np.add.at(batch.creative_counts, (rows, c_rows), 1)
+        else:
+            batch.impression_mask[rows] |= bits
+            batch.slot_counts[rows, s_rows] += 1
+            batch.creative_counts[rows, c_rows] += 1
         batch.epoch = at + 1
         terminated = leave
         truncated = ~terminated & (batch.epoch >= self.scenario.horizon)

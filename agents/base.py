@@ -88,3 +88,61 @@ def check_nvec(manifest: dict[str, Any], nvec: tuple[int, int, int], where: str)
     got = tuple(manifest.get("nvec", ()))
     if got != tuple(nvec):
         raise ArtifactError(f"{where}: policy was built for action sizes {got}, the environment has {tuple(nvec)}")
+
+
+def next_step_autoreset(env: Any) -> bool:
+    """True if ``env`` (a Gymnasium VectorEnv) resets finished sub-envs on the *next* step (masked transition)."""
+    mode = getattr(env, "metadata", {}).get("autoreset_mode")
+    return getattr(mode, "value", mode) in ("NextStep", "next_step", None)
+
+
+class EpisodeTracker:
+    """Running returns of a vector env's sub-envs; collects the returns of finished episodes."""
+
+    def __init__(self, n_envs: int) -> None:
+        self.running = np.zeros(n_envs)
+        self.finished: list[float] = []
+        self.n_episodes = 0
+
+    def update(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
+        self.running += np.where(valid, reward, 0.0)
+        ended = done & valid
+        if ended.any():
+            self.finished.extend(self.running[ended].tolist())
+            self.n_episodes += int(ended.sum())
+            self.running[ended] = 0.0
+
+    def pop_mean(self) -> float:
+        """Mean return of the episodes finished since the last call (NaN if none)."""
+        if not self.finished:
+            return float("nan")
+        mean = float(np.mean(self.finished))
+        self.finished = []
+        return mean
+
+
+class NeuralFeatures:
+    """Observation -> network input: continuous and count features scaled to [-1, 1], categoricals one-hot."""
+
+    def __init__(self, layout: Any) -> None:
+        self.layout = layout
+        cont = [i for i, f in enumerate(layout.obs) if f.kind != "categorical"]
+        self.cont = np.array(cont, dtype=np.int64)
+        low, high = layout.obs_low[self.cont], layout.obs_high[self.cont]
+        self.center = ((high + low) / 2).astype(np.float32)
+        self.scale = (2.0 / np.maximum(high - low, 1e-6)).astype(np.float32)
+        self.cats = [(i, f.cardinality) for i, f in enumerate(layout.obs) if f.kind == "categorical"]
+        self.dim = len(cont) + sum(k for _, k in self.cats)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float32)
+        n = x.shape[0]
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        k = len(self.cont)
+        out[:, :k] = (x[:, self.cont] - self.center) * self.scale
+        rows = np.arange(n)
+        for i, card in self.cats:
+            idx = np.clip(x[:, i].astype(np.int64), 0, card - 1)
+            out[rows, k + idx] = 1.0
+            k += card
+        return out

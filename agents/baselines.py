@@ -50,6 +50,16 @@ class WorldValueModel:
         slot0 = self.layout.index(f"slot_count_{scenario.slots[0].name}")
         self._slots = slice(slot0, slot0 + scenario.n_slots)
         self._creatives = slice(self.layout.obs_dim - scenario.n_creatives, self.layout.obs_dim)
+        f32 = np.float32
+        self._mean32 = w.interest_mean.astype(f32)
+        self._shrink32 = self.shrink.astype(f32)
+        self._latents32_t = np.ascontiguousarray(w.latents.T, dtype=f32)
+        self._quality32 = (scenario.dynamics.quality_weight * w.quality).astype(f32)
+        self._log_activity32 = w.log_activity.astype(f32)
+        self._log_attention32 = w.log_attention.astype(f32)
+        self._conv_base32 = (scenario.dynamics.base_conversion_logit + w.conv_propensity).astype(f32)
+        self._conv_value32 = w.conversion_value.astype(f32)
+        self._cost32 = w.slot_cost.astype(f32)
 
     def fatigue_estimate(self, obs: np.ndarray) -> np.ndarray:
         """Fatigue at the decision epoch rebuilt from impression counts by age, slot mix and wear-out."""
@@ -68,25 +78,27 @@ class WorldValueModel:
     def expected_reward(self, obs: np.ndarray, delays: np.ndarray | None = None) -> np.ndarray:
         w, dyn = self.world, self.world.dyn
         sc = w.scenario
+        f32 = np.float32
         d_idx = np.arange(sc.n_delays) if delays is None else np.asarray(delays)
         d_hours = w.delays[d_idx]
         seg = obs[:, 0].astype(np.int64)
-        signal = obs[:, self._sig].astype(np.float64)
-        mean = w.interest_mean[seg]
-        interest = mean + self.shrink[seg, None] * (signal - mean)
-        aff = interest @ w.latents.T  # (n, C)
+        signal = np.asarray(obs[:, self._sig], dtype=f32)
+        mean = self._mean32[seg]
+        interest = mean + self._shrink32[seg, None] * (signal - mean)
+        aff = interest @ self._latents32_t  # (n, C)
         hour = (obs[:, self._hour].astype(np.int64)[:, None] + d_hours[None, :]) % HOURS_PER_DAY  # (n, D)
-        fatigue = self.fatigue_estimate(obs)[:, None] * w.decay_per_hour ** d_hours[None, :]  # (n, D)
-        base = dyn.affinity_weight * aff + dyn.quality_weight * w.quality  # (n, C)
-        time = w.log_activity[seg[:, None], hour] - dyn.fatigue_weight * fatigue  # (n, D)
-        logit = dyn.base_click_logit + time[:, :, None, None] + w.log_attention[None, None, :, None]
-        p_click = _sigmoid(logit + base[:, None, None, :])  # (n, D, S, C)
-        p_conv = _sigmoid(
-            dyn.base_conversion_logit + w.conv_propensity[seg, None] + dyn.conversion_affinity_weight * aff
+        fatigue = self.fatigue_estimate(obs).astype(f32)[:, None] * f32(w.decay_per_hour) ** d_hours[None, :].astype(
+            f32
         )
+        base = f32(dyn.affinity_weight) * aff + self._quality32  # (n, C)
+        time = self._log_activity32[seg[:, None], hour] - f32(dyn.fatigue_weight) * fatigue  # (n, D)
+        logit = (f32(dyn.base_click_logit) + time)[:, :, None, None] + self._log_attention32[None, None, :, None]
+        # float32 throughout: ranking actions needs no more, and the (n, D, S, C) part dominates the cost
+        p_click = _sigmoid(logit + base[:, None, None, :])  # (n, D, S, C)
+        p_conv = _sigmoid(self._conv_base32[seg, None] + f32(dyn.conversion_affinity_weight) * aff)
         rw = sc.rewards
-        value = rw.click_value + rw.conversion_weight * w.conversion_value[None, :] * p_conv  # (n, C)
-        return p_click * value[:, None, None, :] - w.slot_cost[None, None, :, None]
+        value = f32(rw.click_value) + f32(rw.conversion_weight) * self._conv_value32[None, :] * p_conv  # (n, C)
+        return p_click * value[:, None, None, :] - self._cost32[None, None, :, None]
 
 
 class _Deterministic:

@@ -59,7 +59,7 @@ def write_policy_manifest(
 
 
 def read_policy_manifest(
-    path: Path | str, *, kind: str | None = None, version: int | None = None
+    path: Path | str, *, kind: str | tuple[str, ...] | None = None, version: int | None = None
 ) -> tuple[dict[str, Any], Scenario]:
     """Read and check a policy manifest; returns it with its scenario (whose layout must match the hash)."""
     path = Path(path)

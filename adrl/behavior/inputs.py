@@ -1,0 +1,157 @@
+"""What the behavior model reads: categorical ids and dense features, built from adrl observations or OBD rows.
+
+An :class:`InputSpec` names the columns of the two arrays every model consumes, ``cat`` (int64, (n, n_categorical))
+and ``dense`` (float32, (n, n_dense)), and which of them form the user and item vectors of the factorization term.
+:class:`AdrlEncoder` builds those arrays from observations (n, obs_dim) and actions (n, 3) through the one feature
+layout of ``adrl.features``, so a logged row and a simulator state are encoded identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adrl.errors import ArtifactError, InvalidAction
+from adrl.features import FeatureLayout
+from adrl.scenario import HOURS_PER_DAY
+
+HEADS = ("click", "conversion", "leave")  # conversion is over all impressions: pCTCVR = pCTR * pCVR
+
+# observation columns that enter as embeddings (not dense); the decision hour is replaced by the impression hour
+_OBS_CATEGORICAL = ("segment", "hour")
+# action features (see FeatureLayout.encode_actions) that enter as dense values
+_ACTION_DENSE = ("times_seen", "hours_since_last_ad_at_impression", "signal_of_category")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Column names of the model's inputs and the fields that make up the factorization term.
+
+    Attributes:
+        categorical: ``(name, cardinality)`` of each column of ``cat``, in order.
+        dense: names of the columns of ``dense``, in order.
+        fm_user: categorical fields summed into the user vector.
+        fm_user_dense: dense fields projected (linearly) into the user vector.
+        fm_item: categorical fields summed into the item vector.
+    """
+
+    categorical: tuple[tuple[str, int], ...]
+    dense: tuple[str, ...]
+    fm_user: tuple[str, ...]
+    fm_user_dense: tuple[str, ...]
+    fm_item: tuple[str, ...]
+
+    @property
+    def cat_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.categorical)
+
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        return tuple(c for _, c in self.categorical)
+
+    def cat_index(self, name: str) -> int:
+        return self.cat_names.index(name)
+
+    def dense_index(self, name: str) -> int:
+        return self.dense.index(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "categorical": [[n, c] for n, c in self.categorical],
+            "dense": list(self.dense),
+            "fm_user": list(self.fm_user),
+            "fm_user_dense": list(self.fm_user_dense),
+            "fm_item": list(self.fm_item),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "model.json") -> InputSpec:
+        try:
+            spec = cls(
+                categorical=tuple((str(n), int(c)) for n, c in d["categorical"]),
+                dense=tuple(str(n) for n in d["dense"]),
+                fm_user=tuple(str(n) for n in d["fm_user"]),
+                fm_user_dense=tuple(str(n) for n in d["fm_user_dense"]),
+                fm_item=tuple(str(n) for n in d["fm_item"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{source}: 'inputs' is malformed ({e!r}); was the file edited by hand?") from e
+        unknown = set(spec.fm_user + spec.fm_item) - set(spec.cat_names)
+        unknown |= set(spec.fm_user_dense) - set(spec.dense)
+        if unknown:
+            raise ArtifactError(f"{source}: factorization fields {sorted(unknown)} are not model inputs")
+        return spec
+
+
+class AdrlEncoder:
+    """Encode adrl observations and actions into the model's ``cat`` and ``dense`` arrays.
+
+    Categorical: segment, creative, category, slot, impression hour, delay. Dense: every non-categorical
+    observation column (interest signals, time of day, impression counts, clicks, ...) and the action's
+    times-seen, hours-since-last-ad at the impression, and the signal of the creative's category.
+    """
+
+    def __init__(self, layout: FeatureLayout, category_of: np.ndarray) -> None:
+        self.layout = layout
+        self.category_of = np.asarray(category_of, dtype=np.int64)
+        if self.category_of.shape != (len(layout.creatives),):
+            raise ArtifactError(
+                f"category_of has shape {self.category_of.shape}, expected one category per creative "
+                f"({len(layout.creatives)})"
+            )
+        names = layout.obs_names
+        self.obs_dense_cols = np.array([i for i, n in enumerate(names) if n not in _OBS_CATEGORICAL], dtype=np.int64)
+        self.signal_names = tuple(f"signal_{c}" for c in layout.categories)
+        self.spec = InputSpec(
+            categorical=(
+                ("segment", len(layout.segments)),
+                ("creative", len(layout.creatives)),
+                ("category", len(layout.categories)),
+                ("slot", len(layout.slots)),
+                ("hour", HOURS_PER_DAY),
+                ("delay", len(layout.delays)),
+            ),
+            dense=tuple(names[i] for i in self.obs_dense_cols) + _ACTION_DENSE,
+            fm_user=("segment",),
+            fm_user_dense=self.signal_names,
+            fm_item=("creative", "category"),
+        )
+        self.nvec = np.array([len(layout.delays), len(layout.slots), len(layout.creatives)], dtype=np.int64)
+
+    def check(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``obs`` as float32 (n, obs_dim) and ``action`` as int64 (n, 3), or raise naming the problem."""
+        obs = np.asarray(obs, dtype=np.float32)
+        action = np.asarray(action)
+        if obs.ndim != 2 or obs.shape[1] != self.layout.obs_dim:
+            raise ValueError(f"obs must have shape (n, {self.layout.obs_dim}), got {obs.shape}")
+        if action.shape != (obs.shape[0], 3):
+            raise InvalidAction(
+                f"actions must have shape ({obs.shape[0]}, 3) = (delay, slot, creative), got {action.shape}"
+            )
+        action = action.astype(np.int64, copy=False)
+        bad = (action < 0) | (action >= self.nvec)
+        if bad.any():
+            row, col = (int(x) for x in np.argwhere(bad)[0])
+            part = ("delay", "slot", "creative")[col]
+            raise InvalidAction(
+                f"action {action[row].tolist()} has {part} index {int(action[row, col])}, "
+                f"expected 0..{int(self.nvec[col]) - 1}"
+            )
+        return obs, action
+
+    def encode(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``cat`` int64 (n, 6) and ``dense`` float32 (n, n_dense) for observations (n, obs_dim) and actions (n, 3)."""
+        obs, action = self.check(obs, action)
+        act = self.layout.encode_actions(obs, action, self.category_of)
+        names = self.layout.action_names
+        cat = np.empty((obs.shape[0], 6), dtype=np.int64)
+        cat[:, 0] = obs[:, 0]
+        cat[:, 1] = action[:, 2]
+        cat[:, 2] = self.category_of[action[:, 2]]
+        cat[:, 3] = action[:, 1]
+        cat[:, 4] = act[:, names.index("impression_hour")]
+        cat[:, 5] = action[:, 0]
+        dense = np.concatenate([obs[:, self.obs_dense_cols], act[:, [names.index(n) for n in _ACTION_DENSE]]], axis=1)
+        return cat, dense.astype(np.float32, copy=False)

@@ -1,0 +1,103 @@
+"""``adrl serve``: answer decision queries for a policy artifact over HTTP, logging decisions and feedback."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adrl.commands import cli_errors, console
+from adrl.errors import ConfigError
+from adrl.serving.service import PolicyService, ServeConfig
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        policy: Annotated[Path, typer.Option(help="policy artifact directory (with manifest.json)")],
+        host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
+        log_dir: Annotated[
+            Path | None, typer.Option(help="decision/feedback log directory (journal + joined parquet); off if unset")
+        ] = None,
+        api_key_env: Annotated[
+            str | None, typer.Option(help="environment variable holding the API key; /v1/* then needs it")
+        ] = None,
+        exploration: Annotated[
+            str, typer.Option(help="'none', 'epsilon:0.05' (ε-mixture with uniform) or 'softmax:T' (temperature T)")
+        ] = "none",
+        feedback_window: Annotated[
+            float, typer.Option(min=0.001, help="seconds a decision waits for feedback before it is joined")
+        ] = 60.0,
+        default_reward: Annotated[float, typer.Option(help="reward of a decision that got no feedback")] = 0.0,
+        log_key_env: Annotated[
+            str, typer.Option(help="environment variable holding the key that hashes user and episode ids")
+        ] = "ADRL_LOG_KEY",
+        ephemeral_log_key: Annotated[
+            bool, typer.Option(help="log with a random hashing key when the key variable is unset")
+        ] = False,
+        rotate_mb: Annotated[float, typer.Option(min=0.001, help="journal segment size before rotation, MiB")] = 64.0,
+        fsync_interval: Annotated[
+            float, typer.Option(min=0.0, help="seconds between journal fsyncs (0: fsync every write)")
+        ] = 1.0,
+        flush_interval: Annotated[
+            float, typer.Option(min=0.01, help="seconds between parquet parts of joined rows")
+        ] = 5.0,
+        max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body, MiB (else 413)")] = 8.0,
+        seed: Annotated[int | None, typer.Option(min=0, help="seed of the action sampler")] = None,
+    ) -> None:
+        """Serve a policy over HTTP (one uvicorn worker): decisions, feedback, metrics, health.
+
+        Example: ADRL_LOG_KEY=$(openssl rand -hex 32) adrl serve --policy runs/A/policy --host 127.0.0.1
+        --port 8000 --log-dir runs/serve-log --exploration epsilon:0.05
+        """
+        import uvicorn
+
+        from adrl.serving.app import create_app
+
+        with cli_errors():
+            api_key = None
+            if api_key_env:
+                api_key = os.environ.get(api_key_env)
+                if not api_key:
+                    raise ConfigError(
+                        f"--api-key-env {api_key_env}: the variable is not set or empty; export the "
+                        "API key there or drop the option to serve without auth"
+                    )
+            cfg = ServeConfig(
+                policy=policy,
+                log_dir=log_dir,
+                exploration=exploration,
+                seed=seed,
+                feedback_window=feedback_window,
+                default_reward=default_reward,
+                log_key_env=log_key_env,
+                ephemeral_log_key=ephemeral_log_key,
+                rotate_mb=rotate_mb,
+                fsync_interval=fsync_interval,
+                flush_interval=flush_interval,
+            )
+            service = PolicyService.from_config(cfg)
+            service.start()  # recover the log now, so a broken log directory fails before listening
+            gc.collect()
+            gc.freeze()  # the loaded policy and app never die: keep full collections from scanning them
+            gc.set_threshold(50_000, 20, 100)  # fewer, shorter pauses under load (requests allocate briefly)
+            app = create_app(service, api_key=api_key, max_body_bytes=int(max_body_mb * (1 << 20)))
+            p = service.policy
+            console.print(
+                f"serving {p.policy_version} ({p.kind}, exploration {p.exploration}) on "
+                f"http://{host}:{port}; log: {log_dir or 'off'}; auth: {'on' if api_key else 'off'}",
+                soft_wrap=True,
+            )
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                workers=1,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+            )

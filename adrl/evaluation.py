@@ -1,0 +1,187 @@
+"""Online evaluation of policies in a simulator: batched user-days, metrics with 95% CIs, per-segment views.
+
+Every policy meets the same users: the population is drawn from ``seed`` once and each policy's outcomes from its
+own stream spawned from the same seed, so differences between policies are not differences between audiences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from adrl.features import FeatureLayout
+from adrl.scenario import HOURS_PER_DAY, Scenario
+from adrl.world import ResponseModel, World
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Per user-day metrics of one policy (or one segment under it)."""
+
+    n_users: int
+    mean_return: float
+    ci_low: float
+    ci_high: float
+    sem: float
+    ctr: float  # clicks per impression
+    conversion_rate: float  # conversions per impression
+    impressions_per_user: float
+    churn_rate: float  # users who left before the day ended
+    revenue_per_user: float  # click value + conversion value, before slot costs
+    cost_per_user: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one policy overall and by segment, with what it showed by hour (delay, slot, creative)."""
+
+    name: str
+    overall: Metrics
+    by_segment: dict[str, Metrics]
+    returns: np.ndarray = field(repr=False)  # (n_users,)
+    shown_by_hour: np.ndarray = field(repr=False)  # (24,) impressions per user at each hour of day
+    slot_by_hour: np.ndarray = field(repr=False)  # (24, n_slots) impression counts
+    creative_by_hour: np.ndarray = field(repr=False)  # (24, n_creatives)
+    delay_by_hour: np.ndarray = field(repr=False)  # (24, n_delays) decisions by decision hour
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            **self.overall.as_dict(),
+            "by_segment": {k: v.as_dict() for k, v in self.by_segment.items()},
+            "shown_by_hour": self.shown_by_hour.tolist(),
+        }
+
+
+def _metrics(ret: np.ndarray, imps: np.ndarray, clicks: np.ndarray, convs: np.ndarray, left: np.ndarray,
+             revenue: np.ndarray, cost: np.ndarray) -> Metrics:  # fmt: skip
+    n = int(ret.size)
+    mean = float(ret.mean()) if n else math.nan
+    sem = float(ret.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    total_imps = float(imps.sum())
+    return Metrics(
+        n_users=n,
+        mean_return=mean,
+        ci_low=mean - Z95 * sem,
+        ci_high=mean + Z95 * sem,
+        sem=sem,
+        ctr=float(clicks.sum() / total_imps) if total_imps else 0.0,
+        conversion_rate=float(convs.sum() / total_imps) if total_imps else 0.0,
+        impressions_per_user=total_imps / n if n else math.nan,
+        churn_rate=float(left.mean()) if n else math.nan,
+        revenue_per_user=float(revenue.mean()) if n else math.nan,
+        cost_per_user=float(cost.mean()) if n else math.nan,
+    )
+
+
+def evaluate_policy(
+    policy: Any,
+    scenario: Scenario,
+    *,
+    n_episodes: int,
+    seed: int,
+    response: ResponseModel | None = None,
+    deterministic: bool = True,
+    name: str = "policy",
+    batch_size: int = 65_536,
+) -> Evaluation:
+    """Run ``n_episodes`` user-days of ``policy`` in ``scenario`` (ground truth when ``response`` is None).
+
+    ``policy`` follows the Policy protocol (``predict(obs, deterministic=...)``). Users come from ``seed`` (the same
+    for every policy); outcome draws from a stream spawned from it.
+    """
+    if n_episodes < 2:
+        raise ValueError(f"n_episodes must be >= 2 for a confidence interval, got {n_episodes}")
+    world = World(scenario)
+    layout = FeatureLayout.from_scenario(scenario)
+    rw = scenario.rewards
+    n_slots, n_cr, n_d = scenario.n_slots, scenario.n_creatives, scenario.n_delays
+    ret = np.zeros(n_episodes)
+    imps = np.zeros(n_episodes)
+    clicks = np.zeros(n_episodes)
+    convs = np.zeros(n_episodes)
+    left = np.zeros(n_episodes, dtype=bool)
+    revenue = np.zeros(n_episodes)
+    cost = np.zeros(n_episodes)
+    segment = np.zeros(n_episodes, dtype=np.int64)
+    slot_by_hour = np.zeros((HOURS_PER_DAY, n_slots))
+    creative_by_hour = np.zeros((HOURS_PER_DAY, n_cr))
+    delay_by_hour = np.zeros((HOURS_PER_DAY, n_d))
+    user_seq, outcome_seq = np.random.SeedSequence(seed).spawn(2)
+    user_rng = np.random.default_rng(user_seq)
+    outcome_rng = np.random.default_rng(outcome_seq)
+    for first in range(0, n_episodes, batch_size):
+        n = min(batch_size, n_episodes - first)
+        batch = world.sample_users(n, user_rng)
+        segment[first : first + n] = batch.segment
+        active = np.arange(first, first + n)
+        while active.size:
+            obs = layout.encode(batch)
+            action = world.check_actions(policy.predict(obs, deterministic=deterministic))
+            decision_hour = obs[:, layout.index("hour")].astype(np.int64)
+            res = world.step(batch, action, outcome_rng, response)
+            ret[active] += res.reward
+            imps[active] += res.shown
+            clicks[active] += res.click
+            convs[active] += res.conversion
+            left[active] |= res.leave
+            conv_value = world.conversion_value[action[:, 2]] * res.conversion
+            revenue[active] += rw.click_value * res.click + rw.conversion_weight * conv_value
+            cost[active] += np.where(res.shown, world.slot_cost[action[:, 1]], 0.0)
+            shown = res.shown
+            np.add.at(slot_by_hour, (res.hour[shown], action[shown, 1]), 1)
+            np.add.at(creative_by_hour, (res.hour[shown], action[shown, 2]), 1)
+            np.add.at(delay_by_hour, (decision_hour, action[:, 0]), 1)
+            going = ~(res.terminated | res.truncated)
+            if not going.all():
+                active, batch = active[going], batch.take(going)
+    overall = _metrics(ret, imps, clicks, convs, left, revenue, cost)
+    by_segment = {}
+    for k, seg in enumerate(scenario.segments):
+        m = segment == k
+        by_segment[seg.name] = _metrics(ret[m], imps[m], clicks[m], convs[m], left[m], revenue[m], cost[m])
+    return Evaluation(
+        name=name,
+        overall=overall,
+        by_segment=by_segment,
+        returns=ret,
+        shown_by_hour=slot_by_hour.sum(axis=1) / n_episodes,
+        slot_by_hour=slot_by_hour,
+        creative_by_hour=creative_by_hour,
+        delay_by_hour=delay_by_hour,
+    )
+
+
+def evaluate_policies(
+    policies: dict[str, Any],
+    scenario: Scenario,
+    *,
+    n_episodes: int,
+    seed: int,
+    response: ResponseModel | None = None,
+    progress: bool = False,
+) -> list[Evaluation]:
+    """Evaluate each named policy on the same users; returns one ``Evaluation`` per policy, in order."""
+    out = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(policies))
+        for name, policy in policies.items():
+            out.append(
+                evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response, name=name)
+            )
+            bar.advance(task)
+    return out
+
+
+def relative_gain(a: Evaluation, b: Evaluation) -> float:
+    """(mean return of a − mean return of b) / |mean return of b|."""
+    return (a.overall.mean_return - b.overall.mean_return) / abs(b.overall.mean_return)

@@ -1,0 +1,203 @@
+"""Evaluate a target policy on logged data with several estimators at once (what ``adrl ope`` runs).
+
+Bandit (per-decision) estimators share one validation pass and one set of bootstrap resamples. Reward models
+for DM / DR are either given (any ``q(obs) -> (n, n_actions)``, e.g. a behavior-model artifact) or fitted on the
+spot with K-fold cross-fitting by episode. FQE (and so WDR) is cross-fitted by episode as well.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from adrl.errors import ConfigError
+from adrl.ope.bandit import BANDIT_ESTIMATORS, BanditEstimator, estimate_all
+from adrl.ope.data import LoggedData, TargetProbs
+from adrl.ope.estimate import Estimate
+from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, fold_ids, q_terms
+from adrl.ope.sequential import FQE, PDIS, SEQUENTIAL_ESTIMATORS, WDR, WIS, FQEFit
+
+ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS)
+DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "pdis", "wis", "wdr", "fqe")
+SCOPE = {**{k: "per-decision" for k in BANDIT_ESTIMATORS}, **{k: "episode" for k in SEQUENTIAL_ESTIMATORS}}
+
+
+@dataclass(frozen=True)
+class OPEResult:
+    """Estimates by estimator name, with what produced them."""
+
+    estimates: dict[str, Estimate]
+    n_rows: int
+    n_episodes: int
+    reward_model: str
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n_rows": self.n_rows,
+            "n_episodes": self.n_episodes,
+            "reward_model": self.reward_model,
+            "seconds": round(self.seconds, 3),
+            "estimates": {k: {"scope": SCOPE.get(k, "?"), **e.as_dict()} for k, e in self.estimates.items()},
+            **self.extra,
+        }
+
+
+def parse_estimators(spec: str | Sequence[str]) -> list[str]:
+    """Estimator names from ``"dm,ips"`` or a list; unknown names raise ``ConfigError`` listing the known ones."""
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [s for s in names if s not in ALL_ESTIMATORS]
+    if unknown or not names:
+        raise ConfigError(f"unknown estimator(s) {unknown or names}; choose from {', '.join(ALL_ESTIMATORS)}")
+    return list(dict.fromkeys(names))
+
+
+def target_probabilities(
+    data: LoggedData, probs: TargetProbs, *, chunk: int = 65_536, keep: bool = False
+) -> tuple[np.ndarray, sp.csr_matrix | None]:
+    """π_e(a_i|x_i) of every logged action (n,), and all of π_e(·|x_i) as sparse rows when ``keep``."""
+    n = data.n
+    target_prob = np.empty(n)
+    kept: list[sp.csr_matrix] = []
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        p = np.asarray(probs(data.obs[lo:hi]), dtype=np.float64)
+        if p.shape != (hi - lo, data.n_actions):
+            raise ConfigError(
+                f"target policy returned probabilities of shape {p.shape}, expected ({hi - lo}, {data.n_actions}); "
+                "does it belong to the logs' scenario?"
+            )
+        target_prob[lo:hi] = p[np.arange(hi - lo), data.action[lo:hi]]
+        if keep:
+            kept.append(sp.csr_matrix(p))
+    return target_prob, (sp.vstack(kept, format="csr") if keep else None)
+
+
+def model_terms(
+    data: LoggedData,
+    probs: TargetProbs,
+    folds: Sequence[tuple[QFunction, np.ndarray]],
+    *,
+    chunk: int = 65_536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(q_logged, q_target)`` of every row from the model of the fold holding it."""
+    q_logged = np.empty(data.n)
+    q_target = np.empty(data.n)
+    for q, rows in folds:
+        model: QFunction = MaskedQ(q, data.zero_reward) if data.zero_reward is not None else q
+        for lo in range(0, rows.size, chunk):
+            idx = rows[lo : lo + chunk]
+            obs = data.obs[idx]
+            ql, qt = q_terms(model, obs, data.action[idx], np.asarray(probs(obs), dtype=np.float64))
+            q_logged[idx], q_target[idx] = ql, qt
+    return q_logged, q_target
+
+
+def default_reward_model(data: LoggedData, alpha: float = 10.0) -> RidgeRewardModel:
+    return RidgeRewardModel(
+        n_actions=data.n_actions, alpha=alpha, categorical=data.categorical, action_features=data.action_features
+    )
+
+
+def evaluate(
+    data: LoggedData,
+    probs: TargetProbs,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    *,
+    rng: np.random.Generator,
+    q: QFunction | None = None,
+    reward_model: RidgeRewardModel | None = None,
+    n_folds: int = 2,
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+    gamma: float = 1.0,
+) -> OPEResult:
+    """Estimate the value of the policy with probabilities ``probs`` from ``data`` with each of ``estimators``.
+
+    Args:
+        data: the logged decisions.
+        probs: the target policy, ``obs (m, obs_dim) -> (m, n_actions)`` action probabilities.
+        estimators: names from :data:`ALL_ESTIMATORS`.
+        rng: randomness for folds and bootstrap draws.
+        q: a fixed reward model for DM / DR (e.g. a behavior model); None fits ``reward_model`` with cross-fitting.
+        reward_model: the on-the-spot model (default: :class:`RidgeRewardModel` on the data's features).
+        n_folds: cross-fitting folds (by episode).
+        alpha: one minus the confidence level.
+        n_boot: bootstrap resamples (0: normal-approximation intervals).
+        gamma: discount of the whole-episode estimators.
+    """
+    start = time.perf_counter()
+    names = parse_estimators(list(estimators))
+    fold_rng, boot_rng, seq_rng = rng.spawn(3)
+    bandit = [BANDIT_ESTIMATORS[k]() for k in names if k in BANDIT_ESTIMATORS]
+    sequential = [k for k in names if k in SEQUENTIAL_ESTIMATORS]
+    need_probs_matrix = any(k in ("fqe", "wdr") for k in sequential)
+    target_prob, probs_matrix = target_probabilities(data, probs, keep=need_probs_matrix)
+    estimates: dict[str, Estimate] = {}
+    model_name = "none"
+    ql = qt = None
+    if any(e.needs_model for e in bandit):
+        if q is not None:
+            folds: list[tuple[QFunction, np.ndarray]] = [(q, np.arange(data.n))]
+            model_name = "given"
+        else:
+            spec = reward_model or default_reward_model(data)
+            folds = cross_fit(spec, data.obs, data.action, data.reward, n_folds=n_folds, rng=fold_rng,
+                              groups=data.episode_id)  # fmt: skip
+            model_name = f"ridge per action (alpha={spec.alpha:g}), {n_folds}-fold cross-fitted"
+        ql, qt = model_terms(data, probs, folds)
+    results = estimate_all(
+        _ordered(bandit, names), data.reward, data.propensity, target_prob, ql, qt, rng=boot_rng, alpha=alpha,
+        n_boot=n_boot,
+    )  # fmt: skip
+    estimates.update(results)
+    fqe_fit: FQEFit | None = None
+    if need_probs_matrix:
+        assert probs_matrix is not None
+        fqe = FQE(reward_model or default_reward_model(data), gamma=gamma)
+        fqe_fit = _cross_fitted_fqe(fqe, data, probs_matrix, n_folds=n_folds, rng=fold_rng)
+    for k in sequential:
+        kw: dict[str, Any] = {"rng": seq_rng, "alpha": alpha, "n_boot": n_boot}
+        args = (data.episode_id, data.step, data.reward, data.propensity, target_prob)
+        if k == "pdis":
+            estimates[k] = PDIS(gamma).estimate(*args, **kw)
+        elif k == "wis":
+            estimates[k] = WIS(gamma).estimate(*args, **kw)
+        elif k == "wdr":
+            assert fqe_fit is not None
+            estimates[k] = WDR(gamma).estimate(*args, fqe_fit.q_logged, fqe_fit.v_target, **kw)
+        else:
+            assert fqe_fit is not None and probs_matrix is not None
+            estimates[k] = FQE(default_reward_model(data), gamma=gamma).estimate(
+                data.episode_id, data.step, data.obs, data.action, data.reward, probs_matrix, fitted=fqe_fit, **kw
+            )
+    ordered = {k: estimates[k] for k in names}
+    return OPEResult(ordered, data.n, data.n_episodes, model_name, time.perf_counter() - start)
+
+
+def _ordered(bandit: list[BanditEstimator], names: list[str]) -> list[BanditEstimator]:
+    by_name = {e.name: e for e in bandit}
+    return [by_name[k] for k in names if k in by_name]
+
+
+def _cross_fitted_fqe(
+    fqe: FQE, data: LoggedData, probs: sp.csr_matrix, *, n_folds: int, rng: np.random.Generator
+) -> FQEFit:
+    """Q̂ / V̂ of every row from FQE fitted on the other folds' episodes."""
+    folds = fold_ids(data.n, n_folds, rng, groups=data.episode_id)
+    q_logged = np.empty(data.n)
+    v_target = np.empty(data.n)
+    for k in range(n_folds):
+        held = np.flatnonzero(folds == k)
+        fit = fqe.fit(
+            data.episode_id, data.step, data.obs, data.action, data.reward, probs,
+            predict_rows=held, fit_rows=np.flatnonzero(folds != k),
+        )  # fmt: skip
+        q_logged[held], v_target[held] = fit.q_logged, fit.v_target
+    return FQEFit(q_logged=q_logged, v_target=v_target)

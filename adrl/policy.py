@@ -1,0 +1,590 @@
+"""Query a policy artifact from code: ``adrl.load_policy(path).decide(user=..., context=..., history=...)``.
+
+A request names the user (segment and interest signals), the context (hour of day) and the observable history
+(impression counts, time since the last ad, clicks and conversions today, per-slot and per-creative counts).
+:class:`RequestEncoder` turns it into the observation vector of :class:`~adrl.features.FeatureLayout`, field by
+field, and rejects unknown, missing, mistyped, non-finite or out-of-range values with an :class:`InvalidRequest`
+that names the field, the value and what was expected. A raw observation (``obs=``) is accepted too.
+
+Exploration (optional) wraps the policy's exact joint distribution π(a|x) over the flat action index
+``(delay * n_slots + slot) * n_creatives + creative`` (``A`` actions):
+
+* ``epsilon:ε`` — q(a|x) = (1 - ε) π(a|x) + ε / A (uniform over the whole joint action space);
+* ``softmax:T`` — q(a|x) = exp(s(a|x) / T) / Σ_b exp(s(b|x) / T), where s are the policy's action scores
+  (``action_scores(obs)``, e.g. Q-values or logits, when the policy has that method) and otherwise its action
+  probabilities π(a|x) themselves (so a deterministic policy keeps its choice with probability
+  e^{1/T} / (e^{1/T} + A - 1));
+* ``none`` — q = π.
+
+The action is sampled from q with the seeded generator of the loaded policy, and the returned propensity is
+q(a|x) of that very action; the per-component propensities are the marginals of q (delay, slot, creative).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adrl.agents.base import sample_from
+from adrl.agents.registry import MANIFEST, load_policy_artifact, read_policy_manifest
+from adrl.errors import AdrlError, ArtifactError, ConfigError, FeatureMismatch
+from adrl.features import SIGNAL_BOUND, WINDOWS, FeatureLayout
+from adrl.scenario import HOURS_PER_DAY, Scenario
+
+MAX_COUNT = 1_000_000  # request counts above this are rejected (the layout caps them far lower anyway)
+
+
+class InvalidRequest(AdrlError, ValueError):
+    """A decision request has an unknown, missing, mistyped, non-finite or out-of-range field.
+
+    Attributes:
+        errors: one ``{"loc": [...], "msg": str, "type": str, "input": value}`` per problem (FastAPI's shape).
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"loc": [], "msg": message, "type": "value_error"}]
+
+    @classmethod
+    def at(cls, loc: Sequence[str | int], msg: str, value: Any) -> InvalidRequest:
+        path = ".".join(str(p) for p in loc)
+        return cls(
+            f"{path} = {_short(value)}: {msg}",
+            [{"loc": list(loc), "msg": msg, "type": "value_error", "input": _jsonable(value)}],
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return _short(value)
+
+
+# ---- request models (also the HTTP API's schema) --------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+Signal = Annotated[float, Field(ge=-SIGNAL_BOUND, le=SIGNAL_BOUND)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
+class UserFeatures(_Strict):
+    """Who the decision is for."""
+
+    id: str | None = Field(None, min_length=1, max_length=256, description="your user id; logs keep a keyed hash")
+    segment: str | int = Field(description="segment name (or its index in the scenario)")
+    signals: dict[str, Signal] = Field(
+        default_factory=dict,
+        description=f"observed interest signal per category, in [-{SIGNAL_BOUND:g}, {SIGNAL_BOUND:g}]; missing: 0",
+    )
+
+
+class DecisionContext(_Strict):
+    """When the decision is made."""
+
+    hour: int = Field(ge=0, le=HOURS_PER_DAY - 1, description="hour of day, 0..23")
+    day_progress: float | None = Field(
+        None, ge=0, le=1, description="fraction of the decision day elapsed; default: from hour, start hour, horizon"
+    )
+
+
+class History(_Strict):
+    """What the user saw and did today; every field defaults to 'nothing yet'."""
+
+    impressions_1h: Count = 0
+    impressions_6h: Count = 0
+    impressions_24h: Count = 0
+    hours_since_last_ad: float | None = Field(
+        None, ge=0, le=1e6, description="hours since the last ad; null: none today (encoded as 24)"
+    )
+    clicks_today: Count = 0
+    conversions_today: Count = 0
+    slot_counts: dict[str, Count] = Field(default_factory=dict, description="impressions today per slot name")
+    creative_counts: dict[str, Count] = Field(default_factory=dict, description="impressions today per creative name")
+
+
+class DecisionRequest(_Strict):
+    """One decision: user + context (+ history), or a raw observation vector ``obs``."""
+
+    episode_id: str | int | None = Field(
+        None, description="the user's episode (e.g. user-day session) id; default: the user id, else a new episode"
+    )
+    step: int | None = Field(None, ge=0, le=MAX_COUNT, description="step within the episode; default: counted")
+    user: UserFeatures | None = None
+    context: DecisionContext | None = None
+    history: History | None = None
+    obs: list[float] | None = Field(None, max_length=10_000, description="raw observation (obs_dim values)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DecisionRequest:
+        if self.obs is not None:
+            if self.user is not None or self.context is not None or self.history is not None:
+                raise ValueError("give either obs or user/context/history, not both")
+        elif self.user is None or self.context is None:
+            raise ValueError("user and context are required (or a raw obs vector)")
+        if isinstance(self.episode_id, str) and not 1 <= len(self.episode_id) <= 256:
+            raise ValueError(f"episode_id must have 1..256 characters, got {len(self.episode_id)}")
+        return self
+
+
+def validation_errors(e: ValidationError) -> list[dict[str, Any]]:
+    """A pydantic error as FastAPI-shaped dicts with JSON-safe inputs."""
+    out = []
+    for err in e.errors(include_url=False, include_context=False):
+        out.append(
+            {
+                "loc": list(err["loc"]),
+                "msg": err["msg"].removeprefix("Value error, "),
+                "type": err["type"],
+                "input": _jsonable(err.get("input")),
+            }
+        )
+    return out
+
+
+def summarize_errors(errors: list[dict[str, Any]]) -> str:
+    """``N invalid field(s): a.b = 3: reason; ...`` from error dicts."""
+    parts = []
+    for err in errors[:5]:
+        path = ".".join(str(p) for p in err["loc"]) or "(body)"
+        value = f" = {_short(err['input'])}" if err.get("type") != "missing" and "input" in err else ""
+        parts.append(f"{path}{value}: {err['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"{len(errors)} invalid field(s): " + "; ".join(parts) + more
+
+
+def invalid_from(e: ValidationError, prefix: Sequence[str | int] = ()) -> InvalidRequest:
+    errors = validation_errors(e)
+    for err in errors:
+        err["loc"] = [*prefix, *err["loc"]]
+    return InvalidRequest(summarize_errors(errors), errors)
+
+
+# ---- encoding ----------------------------------------------------------------------------------------------
+class RequestEncoder:
+    """Request fields → observation vector (float32, ``layout.obs_dim``), derived from the feature layout.
+
+    Counts above the layout's cap are saturated exactly as the simulator saturates them (e.g. ``impressions_1h``
+    at 1, ``hours_since_last_ad`` at 24); everything else outside its bounds is an error.
+    """
+
+    def __init__(self, layout: FeatureLayout) -> None:
+        self.layout = layout
+        self.low, self.high = layout.obs_low, layout.obs_high
+        self._segments = {name: i for i, name in enumerate(layout.segments)}
+        self._signal = {c: layout.index(f"signal_{c}") for c in layout.categories}
+        self._hour = layout.index("hour")
+        self._windows = [layout.index(f"impressions_{w}h") for w in WINDOWS]
+        self._since = layout.index("hours_since_last_ad")
+        self._clicks = layout.index("clicks_today")
+        self._conversions = layout.index("conversions_today")
+        self._slots = {s: layout.index(f"slot_count_{s}") for s in layout.slots}
+        self._creatives = {c: layout.index(f"creative_count_{c}") for c in layout.creatives}
+        self._hour_rows = np.empty((HOURS_PER_DAY, 4), dtype=np.float32)
+        for h in range(HOURS_PER_DAY):
+            angle = 2.0 * np.pi * h / HOURS_PER_DAY
+            epoch = (h - layout.start_hour) % HOURS_PER_DAY
+            progress = min(epoch, layout.horizon) / layout.horizon
+            self._hour_rows[h] = (h, np.sin(angle), np.cos(angle), progress)
+        self._categorical = np.array([f.kind == "categorical" for f in layout.obs])
+
+    def encode(self, req: DecisionRequest, loc: Sequence[str | int] = ()) -> np.ndarray:
+        """Observation of a validated request; raises :class:`InvalidRequest` naming the field."""
+        if req.obs is not None:
+            return self.check_obs(req.obs, [*loc, "obs"])
+        assert req.user is not None and req.context is not None  # guaranteed by DecisionRequest._one_form
+        x = np.zeros(self.layout.obs_dim, dtype=np.float32)
+        user, ctx, hist = req.user, req.context, req.history or _EMPTY_HISTORY
+        seg = user.segment
+        if isinstance(seg, str):
+            if seg not in self._segments:
+                raise InvalidRequest.at(
+                    [*loc, "user", "segment"], f"unknown segment; expected one of {list(self._segments)}", seg
+                )
+            x[0] = self._segments[seg]
+        else:
+            if not 0 <= seg < len(self._segments):
+                raise InvalidRequest.at(
+                    [*loc, "user", "segment"], f"segment index out of range; expected 0..{len(self._segments) - 1}", seg
+                )
+            x[0] = seg
+        for cat, value in user.signals.items():
+            j = self._signal.get(cat)
+            if j is None:
+                raise InvalidRequest.at(
+                    [*loc, "user", "signals", cat], f"unknown category; expected one of {list(self._signal)}", value
+                )
+            x[j] = value
+        x[self._hour : self._hour + 4] = self._hour_rows[ctx.hour]
+        if ctx.day_progress is not None:
+            x[self._hour + 3] = ctx.day_progress
+        counts = (hist.impressions_1h, hist.impressions_6h, hist.impressions_24h)
+        for name, a, b in (("impressions_6h", counts[0], counts[1]), ("impressions_24h", counts[1], counts[2])):
+            if b < a:
+                raise InvalidRequest.at([*loc, "history", name], f"must be >= the shorter window's count {a}", b)
+        for j, v in zip(self._windows, counts, strict=True):
+            x[j] = v
+        x[self._since] = HOURS_PER_DAY if hist.hours_since_last_ad is None else hist.hours_since_last_ad
+        x[self._clicks] = hist.clicks_today
+        x[self._conversions] = hist.conversions_today
+        if hist.conversions_today > hist.clicks_today:
+            raise InvalidRequest.at(
+                [*loc, "history", "conversions_today"],
+                f"must be <= clicks_today ({hist.clicks_today}); a conversion follows a click",
+                hist.conversions_today,
+            )
+        for field, table, counted in (
+            ("slot_counts", self._slots, hist.slot_counts),
+            ("creative_counts", self._creatives, hist.creative_counts),
+        ):
+            for name, value in counted.items():
+                j = table.get(name)
+                if j is None:
+                    raise InvalidRequest.at(
+                        [*loc, "history", field, name], f"unknown name; expected one of {list(table)}", value
+                    )
+                x[j] = value
+        np.minimum(x, self.high, out=x)  # saturate counts as the simulator does; lower bounds were validated
+        return x
+
+    def check_obs(self, obs: Sequence[float] | np.ndarray, loc: Sequence[str | int] = ("obs",)) -> np.ndarray:
+        """A raw observation as float32 (obs_dim,), each value finite, in bounds, integral where categorical."""
+        x = np.asarray(obs, dtype=np.float64)
+        if x.shape != (self.layout.obs_dim,):
+            raise InvalidRequest.at(
+                list(loc),
+                f"expected {self.layout.obs_dim} values "
+                f"({', '.join(self.layout.obs_names[:4])}, ...), got shape {x.shape}",
+                "...",
+            )
+        bad = ~np.isfinite(x) | (x < self.low) | (x > self.high) | (self._categorical & (x != np.round(x)))
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            f = self.layout.obs[j]
+            what = "an integer in" if f.kind == "categorical" else "a finite number in"
+            raise InvalidRequest.at(
+                [*loc, j], f"feature {f.name!r} must be {what} [{f.low:g}, {f.high:g}]", float(x[j])
+            )
+        return x.astype(np.float32)
+
+
+_EMPTY_HISTORY = History()
+
+
+# ---- exploration -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exploration:
+    """How served actions are drawn from the policy's distribution; see the module docstring for the maths."""
+
+    kind: Literal["none", "epsilon", "softmax"] = "none"
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "epsilon" and not 0.0 <= self.value <= 1.0:
+            raise ConfigError(f"exploration epsilon must be in [0, 1], got {self.value:g}")
+        if self.kind == "softmax" and not (self.value > 0 and math.isfinite(self.value)):
+            raise ConfigError(f"softmax temperature must be a finite number > 0, got {self.value:g}")
+
+    @classmethod
+    def parse(cls, spec: str | None) -> Exploration:
+        """``none``, ``epsilon:0.05`` or ``softmax:0.5``."""
+        if spec is None or spec.strip().lower() in ("", "none"):
+            return cls()
+        kind, sep, raw = spec.strip().partition(":")
+        kind = kind.lower()
+        if not sep or kind not in ("epsilon", "softmax"):
+            raise ConfigError(
+                f"exploration {spec!r} is not understood; expected 'none', 'epsilon:0.05' or 'softmax:0.5'"
+            )
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"exploration {spec!r}: {raw!r} is not a number") from None
+        return cls("epsilon" if kind == "epsilon" else "softmax", value)
+
+    def __str__(self) -> str:
+        return "none" if self.kind == "none" else f"{self.kind}:{self.value:g}"
+
+    def apply(self, probs: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """Serving distribution q (n, A) from the policy's π (n, A) and optional scores (n, A)."""
+        if self.kind == "epsilon":
+            return (1.0 - self.value) * probs + self.value / probs.shape[1]
+        if self.kind == "softmax":
+            s = (probs if scores is None else scores) / self.value
+            s = s - s.max(axis=1, keepdims=True)
+            e = np.exp(s)
+            return e / e.sum(axis=1, keepdims=True)
+        return probs
+
+
+# ---- decisions ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    """A served (delay, slot, creative) with names."""
+
+    delay_index: int
+    delay_hours: int
+    slot_index: int
+    slot: str
+    creative_index: int
+    creative: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An action with the exact probability it had of being served, joint and per component."""
+
+    action: Action
+    propensity: float
+    propensity_delay: float
+    propensity_slot: float
+    propensity_creative: float
+    policy_id: str
+    policy_version: str
+    exploration: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DecisionArrays:
+    """Vectorised decisions for n observations: actions (n, 3), joint propensity (n,), components (n, 3)."""
+
+    action: np.ndarray
+    propensity: np.ndarray
+    components: np.ndarray
+
+
+class LoadedPolicy:
+    """A policy artifact ready to serve: request encoding, exploration, sampling and exact propensities."""
+
+    def __init__(
+        self,
+        policy: Any,
+        manifest: dict[str, Any],
+        scenario: Scenario,
+        *,
+        path: Path,
+        policy_version: str,
+        exploration: Exploration | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.policy = policy
+        self.manifest = manifest
+        self.scenario = scenario
+        self.path = path
+        self.layout = FeatureLayout.from_scenario(scenario)
+        self.encoder = RequestEncoder(self.layout)
+        self.kind = str(manifest["kind"])
+        self.policy_id = str(manifest.get("policy_id") or self.kind)
+        self.policy_version = policy_version
+        self.exploration = exploration or Exploration()
+        self.rng = np.random.default_rng(seed)
+        self.nvec: tuple[int, int, int] = scenario.action_nvec
+        self.n_actions = scenario.n_actions
+        self._scores = getattr(policy, "action_scores", None) if self.exploration.kind == "softmax" else None
+        self.delay_hours = tuple(int(d) for d in scenario.delays)
+        self.slot_names = tuple(s.name for s in scenario.slots)
+        self.creative_names = tuple(c.name for c in scenario.creatives)
+
+    # -- distribution ---------------------------------------------------------------------------------------
+    def distribution(self, obs: np.ndarray) -> np.ndarray:
+        """Serving distribution q (n, A) for observations (n, obs_dim), exploration included."""
+        probs = np.asarray(self.policy.action_probabilities(obs), dtype=np.float64)
+        n = obs.shape[0]
+        if probs.shape != (n, self.n_actions):
+            raise ArtifactError(
+                f"{self.path}: policy returned probabilities of shape {probs.shape}, expected ({n}, {self.n_actions})"
+            )
+        sums = probs.sum(axis=1)
+        if not (np.isfinite(sums).all() and np.abs(sums - 1.0).max() < 1e-4 and probs.min() >= 0):
+            raise ArtifactError(
+                f"{self.path}: policy returned invalid action probabilities (row sums "
+                f"{float(sums.min()):g}..{float(sums.max()):g}, min {float(probs.min()):g}); "
+                "expected a distribution per row"
+            )
+        scores = None
+        if self._scores is not None:
+            scores = np.asarray(self._scores(obs), dtype=np.float64)
+            if scores.shape != probs.shape or np.isnan(scores).any():
+                raise ArtifactError(
+                    f"{self.path}: action_scores returned shape {scores.shape} or NaN; "
+                    f"expected finite ({n}, {self.n_actions})"
+                )
+        return self.exploration.apply(probs, scores)
+
+    def decide_arrays(self, obs: np.ndarray) -> DecisionArrays:
+        """Sample one action per observation (n, obs_dim) with its joint and per-component propensities."""
+        q = self.distribution(obs)
+        n = obs.shape[0]
+        flat = sample_from(q, self.rng)
+        rows = np.arange(n)
+        propensity = q[rows, flat]
+        d, rest = np.divmod(flat, self.nvec[1] * self.nvec[2])
+        s, c = np.divmod(rest, self.nvec[2])
+        cube = q.reshape(n, *self.nvec)
+        comps = np.stack(
+            [cube.sum(axis=(2, 3))[rows, d], cube.sum(axis=(1, 3))[rows, s], cube.sum(axis=(1, 2))[rows, c]], axis=1
+        )
+        return DecisionArrays(np.stack([d, s, c], axis=1), propensity, comps)
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def parse(self, request: DecisionRequest | Mapping[str, Any], loc: Sequence[str | int] = ()) -> DecisionRequest:
+        if isinstance(request, DecisionRequest):
+            return request
+        if not isinstance(request, Mapping):
+            raise InvalidRequest.at(list(loc) or ["request"], "expected a mapping of request fields", request)
+        try:
+            return DecisionRequest.model_validate(dict(request))
+        except ValidationError as e:
+            raise invalid_from(e, loc) from None
+
+    def encode(
+        self,
+        user: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        history: Mapping[str, Any] | None = None,
+        *,
+        obs: Sequence[float] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The observation vector (obs_dim,) of a request."""
+        if obs is not None:
+            return self.encoder.check_obs(obs)
+        req = self.parse({"user": user, "context": context, "history": history})
+        return self.encoder.encode(req)
+
+    def decide(
+        self,
+        user: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        history: Mapping[str, Any] | None = None,
+        *,
+        obs: Sequence[float] | np.ndarray | None = None,
+    ) -> Decision:
+        """Decide for one request given as ``user``/``context``/``history`` mappings, or a raw ``obs``.
+
+        Example:
+            ``policy.decide(user={"segment": "commuter", "signals": {"travel": 0.7}}, context={"hour": 8},
+            history={"impressions_24h": 2, "hours_since_last_ad": 3})``
+
+        Raises:
+            InvalidRequest: a field is unknown, missing, mistyped, non-finite or out of range.
+        """
+        x = self.encode(user, context, history, obs=obs)
+        return self._decisions(self.decide_arrays(x[None, :]))[0]
+
+    def decide_batch(
+        self, requests: Sequence[DecisionRequest | Mapping[str, Any]] | None = None, *, obs: np.ndarray | None = None
+    ) -> list[Decision]:
+        """Decide for many requests (each a mapping with ``user``, ``context``, ``history`` or ``obs``) at once,
+        or for raw observations ``obs`` (n, obs_dim)."""
+        if obs is not None:
+            o = np.asarray(obs)
+            if o.ndim != 2:
+                raise InvalidRequest.at(["obs"], f"expected shape (n, {self.layout.obs_dim})", o.shape)
+            x = np.stack([self.encoder.check_obs(row, ["obs", i]) for i, row in enumerate(o)])
+        else:
+            reqs = list(requests or [])
+            if not reqs:
+                return []
+            x = np.stack([self.encoder.encode(self.parse(r, [i]), [i]) for i, r in enumerate(reqs)])
+        return self._decisions(self.decide_arrays(x))
+
+    def _decisions(self, arrays: DecisionArrays) -> list[Decision]:
+        out = []
+        explore = str(self.exploration)
+        for (d, s, c), p, (pd, ps, pc) in zip(
+            arrays.action.tolist(), arrays.propensity.tolist(), arrays.components.tolist(), strict=True
+        ):
+            action = Action(d, self.delay_hours[d], s, self.slot_names[s], c, self.creative_names[c])
+            out.append(Decision(action, p, pd, ps, pc, self.policy_id, self.policy_version, explore))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What is being served: ids, kind, action space with names, feature names, hashes, exploration."""
+        m = self.manifest
+        return {
+            "policy_id": self.policy_id,
+            "policy_version": self.policy_version,
+            "kind": self.kind,
+            "format_version": m.get("version"),
+            "created": m.get("created"),
+            "exploration": str(self.exploration),
+            "nvec": list(self.nvec),
+            "delays_hours": list(self.delay_hours),
+            "slots": list(self.slot_names),
+            "creatives": list(self.creative_names),
+            "segments": list(self.layout.segments),
+            "categories": list(self.layout.categories),
+            "obs_names": list(self.layout.obs_names),
+            "layout_hash": self.layout.hash,
+            "scenario_hash": self.scenario.content_hash,
+            "scenario_name": self.scenario.name,
+        }
+
+
+def load_policy(
+    path: Path | str,
+    *,
+    exploration: Exploration | str | None = None,
+    seed: int | None = None,
+    expect_layout: FeatureLayout | None = None,
+) -> LoadedPolicy:
+    """Load a policy artifact directory for serving, after checking its manifest.
+
+    Args:
+        path: directory with ``manifest.json`` (written by an agent's or baseline's ``save``).
+        exploration: ``None``/``"none"``, ``"epsilon:0.05"``, ``"softmax:0.5"`` or an :class:`Exploration`.
+        seed: seed of the generator that samples served actions (same seed, same actions).
+        expect_layout: refuse the policy unless it was built for this feature layout.
+
+    Raises:
+        ArtifactError: missing or malformed manifest, unknown kind, or spaces that disagree with the scenario.
+        FeatureMismatch: the policy's feature layout differs from its scenario's or from ``expect_layout``.
+    """
+    path = Path(path)
+    manifest, scenario = read_policy_manifest(path)
+    layout = FeatureLayout.from_scenario(scenario)
+    if expect_layout is not None and layout.hash != expect_layout.hash:
+        raise FeatureMismatch(
+            f"{path}: policy feature layout {layout.hash} does not match the expected "
+            f"{expect_layout.hash}; was it trained on another scenario?"
+        )
+    if list(manifest["nvec"]) != list(scenario.action_nvec):
+        raise ArtifactError(
+            f"{path / MANIFEST}: nvec {manifest['nvec']} does not match its scenario's action "
+            f"sizes {list(scenario.action_nvec)}"
+        )
+    if manifest["obs_dim"] != layout.obs_dim:
+        raise FeatureMismatch(
+            f"{path / MANIFEST}: obs_dim {manifest['obs_dim']} does not match its scenario's "
+            f"feature layout ({layout.obs_dim} features)"
+        )
+    policy = load_policy_artifact(path, expect_layout=layout)
+    for attr in ("action_probabilities", "nvec"):
+        if not hasattr(policy, attr):
+            raise ArtifactError(f"{path}: loaded {type(policy).__name__} has no {attr!r}; not a servable policy")
+    if tuple(policy.nvec) != scenario.action_nvec:
+        raise ArtifactError(
+            f"{path}: policy action sizes {tuple(policy.nvec)} differ from the scenario's {scenario.action_nvec}"
+        )
+    digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:8]
+    version = f"{manifest.get('policy_id') or manifest['kind']}.{digest}"
+    explore = exploration if isinstance(exploration, Exploration) else Exploration.parse(exploration)
+    return LoadedPolicy(policy, manifest, scenario, path=path, policy_version=version, exploration=explore, seed=seed)

@@ -1,0 +1,398 @@
+"""The HTTP app: ``create_app(service)`` → FastAPI with ``/v1/decisions``, ``/v1/feedback``, ``/v1/policy``,
+``/healthz``, ``/metrics`` and ``/openapi.json``.
+
+The decision route reads the raw body (size-limited, 413 beyond ``max_body_bytes``) and validates it with the
+request models in Rust (``TypeAdapter.validate_json``: unknown fields, wrong types, NaN/inf and bounds are 422s
+naming the field), skipping FastAPI's generic body handling. Single decisions that arrive together are served
+by one policy call (:class:`MicroBatcher`: everything queued in one event-loop pass), which keeps a heavy
+policy's per-call cost off each request. A pure ASGI middleware checks the API key on ``/v1/*`` (401) and
+records request counts and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.responses import Response
+
+from adrl.errors import AdrlError
+from adrl.policy import DecisionRequest, InvalidRequest
+from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
+from adrl.serving.metrics import CONTENT_TYPE
+from adrl.serving.service import (
+    MAX_BATCH,
+    FeedbackRequest,
+    PolicyService,
+    Prepared,
+    dumps,
+    parse_decision_body,
+    parse_feedback_body,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON = "application/json"
+ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
+
+
+class PayloadTooLarge(AdrlError, ValueError):
+    """The request body is larger than the server accepts (HTTP 413)."""
+
+
+# ---- response documentation models (the routes build their JSON by hand) -----------------------------------------
+class ActionOut(BaseModel):
+    delay_index: int
+    delay_hours: int
+    slot_index: int
+    slot: str
+    creative_index: int
+    creative: str
+
+
+class PropensitiesOut(BaseModel):
+    delay: float
+    slot: float
+    creative: float
+
+
+class DecisionOut(BaseModel):
+    """A served action with the exact probability it had (joint and per component) under exploration."""
+
+    event_id: str
+    episode_id: str | int | None
+    step: int
+    action: ActionOut
+    propensity: float
+    propensities: PropensitiesOut
+    policy_id: str
+    policy_version: str
+    exploration: str
+
+
+class FeedbackOut(BaseModel):
+    decision_id: str
+    accepted: bool
+    window_closes_in_s: float
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]]
+    message: str | None = None
+
+
+# ---- micro-batching ------------------------------------------------------------------------------------------
+class MicroBatcher:
+    """Runs ``fn`` once for every item submitted during one event-loop pass (at most ``max_batch`` at a time)."""
+
+    def __init__(self, fn: Callable[[list[Prepared]], list[dict[str, Any]]], max_batch: int = 256) -> None:
+        self.fn = fn
+        self.max_batch = max_batch
+        self._items: list[Prepared] = []
+        self._futures: list[asyncio.Future[dict[str, Any]]] = []
+        self._scheduled = False
+
+    async def submit(self, item: Prepared) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._items.append(item)
+        self._futures.append(fut)
+        if len(self._items) >= self.max_batch:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        items, futures = self._items, self._futures
+        if not items:
+            return
+        self._items, self._futures = [], []
+        try:
+            results = self.fn(items)
+        except Exception as e:
+            for f in futures:
+                if not f.done():
+                    f.set_exception(e)
+            return
+        for f, r in zip(futures, results, strict=True):
+            if not f.done():  # a client that went away still got its decision logged, never the reverse
+                f.set_result(r)
+
+
+# ---- middleware --------------------------------------------------------------------------------------------
+class ServingMiddleware:
+    """API-key check on ``/v1/*`` and request metrics, as plain ASGI (no per-request task or body copy)."""
+
+    def __init__(self, app: ASGIApp, *, service: PolicyService, api_key: str | None) -> None:
+        self.app = app
+        self.metrics = service.metrics
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path.startswith("/v1/") and not self._authorized(scope):
+                self.metrics.count_error(route, "unauthorized")
+                await _send_json(
+                    send_status,
+                    401,
+                    {
+                        "detail": "missing or invalid API key; send it as "
+                        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                    },
+                    [(b"www-authenticate", b'Bearer realm="adrl"')],
+                )
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self.api_key is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                return hmac.compare_digest(value[7:].strip(), self.api_key)
+            if name == b"x-api-key":
+                return hmac.compare_digest(value.strip(), self.api_key)
+        return False
+
+
+async def _send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON.encode()),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+# ---- routes --------------------------------------------------------------------------------------------------
+async def get_service(request: Request) -> PolicyService:
+    """The service ``create_app`` put on ``app.state`` (async, so FastAPI does not hop to a thread)."""
+    service: PolicyService = request.app.state.service
+    return service
+
+
+Service = Annotated[PolicyService, Depends(get_service)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or :class:`PayloadTooLarge` as soon as it (or its Content-Length) passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes; send smaller batches"
+        )
+    chunks = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body passed the limit of {limit} bytes; send smaller batches")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_body(schema: str, *, many: bool = False) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    body = {"oneOf": [ref, {"type": "array", "items": ref, "maxItems": MAX_BATCH}]} if many else ref
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": body}}}}
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "malformed JSON"),
+        (401, "missing or invalid API key"),
+        (413, "body too large"),
+        (422, "invalid field: loc, msg, input per error"),
+    )
+}
+
+router = APIRouter(prefix="/v1")
+ops_router = APIRouter()
+
+
+@router.post(
+    "/decisions",
+    summary="Decide for one request or a list of requests",
+    openapi_extra=_json_body("DecisionRequest", many=True),
+    responses={
+        200: {"model": DecisionOut | list[DecisionOut], "description": "one decision, or a list in order"},
+        **_ERRORS,
+    },
+    response_class=Response,
+)
+async def post_decisions(request: Request, service: Service) -> Response:
+    body = await read_body(request, request.app.state.max_body_bytes)
+    parsed = parse_decision_body(body, max_batch=request.app.state.max_batch)
+    if isinstance(parsed, list):
+        result: Any = service.decide_prepared([service.prepare(r, [i]) for i, r in enumerate(parsed)])
+    else:
+        result = await request.app.state.batcher.submit(service.prepare(parsed))
+    return Response(dumps(result), media_type=JSON)
+
+
+@router.post(
+    "/feedback",
+    summary="Report click / conversion / leave for a decision id",
+    openapi_extra=_json_body("FeedbackRequest"),
+    responses={
+        200: {"model": FeedbackOut},
+        404: {"model": ErrorOut, "description": "unknown decision id"},
+        409: {"model": ErrorOut, "description": "feedback window closed"},
+        **_ERRORS,
+    },
+    response_class=Response,
+)
+async def post_feedback(request: Request, service: Service) -> Response:
+    body = await read_body(request, request.app.state.max_body_bytes)
+    return Response(dumps(service.feedback(parse_feedback_body(body))), media_type=JSON)
+
+
+@router.get("/policy", summary="The served policy: ids, action names, features, exploration, log settings")
+async def get_policy(service: Service) -> dict[str, Any]:
+    return service.describe()
+
+
+@ops_router.get("/healthz", summary="Liveness and log health")
+async def healthz(service: Service) -> dict[str, Any]:
+    return service.health()
+
+
+@ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(service: Service) -> Response:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# ---- app ---------------------------------------------------------------------------------------------------
+def _error_response(request: Request, status: int, reason: str, detail: Any, message: str | None = None) -> Response:
+    path = request.url.path
+    request.app.state.service.metrics.count_error(path if path in ROUTES else "other", reason)
+    body: dict[str, Any] = {"detail": detail}
+    if message is not None:
+        body["message"] = message
+    return Response(dumps(body), status_code=status, media_type=JSON)
+
+
+def create_app(
+    service: PolicyService,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = 8 << 20,
+    max_batch: int = MAX_BATCH,
+    manage_service: bool = True,
+) -> FastAPI:
+    """The HTTP app around ``service`` (put on ``app.state``).
+
+    Args:
+        service: the in-process service; started and closed with the app's lifespan when ``manage_service``.
+        api_key: when set, ``/v1/*`` needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401);
+            ``/healthz``, ``/metrics`` and the OpenAPI document stay open.
+        max_body_bytes: larger request bodies get 413.
+        max_batch: most decisions in one list request.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                service.close()  # graceful shutdown: join closed windows, write parquet, fsync the journal
+
+    app = FastAPI(
+        title="adrl policy server",
+        version="1",
+        lifespan=lifespan,
+        description="Ad placement decisions with exact propensities, and feedback that becomes logs.",
+    )
+    app.state.service = service
+    app.state.max_body_bytes = max_body_bytes
+    app.state.max_batch = max_batch
+    app.state.batcher = MicroBatcher(service.decide_prepared)
+    app.include_router(router)
+    app.include_router(ops_router)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(request: Request, e: InvalidRequest) -> Response:
+        malformed = any(err.get("type") == "json_invalid" for err in e.errors)
+        status, reason = (400, "malformed_json") if malformed else (422, "invalid_request")
+        return _error_response(request, status, reason, e.errors, str(e))
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(request: Request, e: PayloadTooLarge) -> Response:
+        return _error_response(request, 413, "body_too_large", str(e))
+
+    @app.exception_handler(UnknownDecision)
+    async def _unknown(request: Request, e: UnknownDecision) -> Response:
+        return _error_response(request, 404, "unknown_decision", str(e))
+
+    @app.exception_handler(FeedbackClosed)
+    async def _closed(request: Request, e: FeedbackClosed) -> Response:
+        return _error_response(request, 409, "feedback_window_closed", str(e))
+
+    @app.exception_handler(AdrlError)
+    async def _adrl(request: Request, e: AdrlError) -> Response:
+        return _error_response(request, 500, type(e).__name__, str(e))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, defs = models_json_schema(
+                [(DecisionRequest, "validation"), (FeedbackRequest, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            if api_key:
+                schema["components"]["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                }
+                for path, ops in schema.get("paths", {}).items():
+                    if path.startswith("/v1/"):
+                        for op in ops.values():
+                            op["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(ServingMiddleware, service=service, api_key=api_key)
+    return app

@@ -1,0 +1,577 @@
+"""The server's decision/feedback log: a crash-safe journal, joined into parquet in the logged-data schema.
+
+Directory layout of ``--log-dir DIR``::
+
+    DIR/log.json                     token of this log (event ids), feature layout and scenario hashes
+    DIR/journal/journal-<seq>.jsonl  every decision and feedback event, appended before the client gets its answer
+    DIR/data/part-<first>-<last>.parquet   joined rows (decisions <first>..<last>), the logged-data schema
+
+Decisions are numbered (``seq``) in the order they are made; the event id is ``<token>-<seq>``. A decision's
+feedback window opens when it is made and closes ``feedback_window`` seconds later; feedback (click, conversion,
+leave, shown) received meanwhile is merged (a conversion implies a click). When the window closes the decision
+becomes one parquet row: reward from the feedback with the scenario's reward weights (``click_value * click +
+conversion_weight * conversion_value[creative] * conversion - cost[slot]`` when shown, else 0), or
+``default_reward`` with ``defaulted=True`` when no feedback came. Windows close in ``seq`` order, so the parquet
+parts cover consecutive ranges and the largest ``<last>`` is the durable watermark: parts are written to a temp
+file and renamed, so a part either exists whole or not at all.
+
+On start the log recovers: decisions in the journal after the watermark become pending again with the feedback
+journaled for them (their windows keep their original wall-clock deadlines), so nothing acknowledged is lost
+and nothing is joined twice. ``adrl ope --logs DIR`` and ``adrl fit --logs DIR`` read ``DIR/data`` (the journal
+is not parquet and is ignored by the readers).
+
+User and episode ids are never written raw: they are stored as the first 8 bytes of
+HMAC-SHA256(key, "<domain>:<id>") as a signed int64, with the key from an environment variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adrl.errors import AdrlError, ConfigError, FeatureMismatch
+from adrl.features import LOG_PREFIX, FeatureLayout
+from adrl.io import read_json, write_json_atomic
+from adrl.logs import LogWriter
+from adrl.policy import InvalidRequest
+from adrl.scenario import HOURS_PER_DAY, Scenario
+from adrl.serving.journal import Journal, ReadStats, encode_line, read_records, segments
+
+LOG_FORMAT = 1
+PART_RE = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+MIN_KEY_BYTES = 16
+MAX_STEP_EPISODES = 1_000_000  # server-counted steps are kept for this many recent episodes
+HASH_CACHE_SIZE = 200_000
+JOIN_CHUNK = 4096  # decisions moved per lock hold, so closing windows never stalls serving for long
+
+
+class UnknownDecision(AdrlError, LookupError):
+    """Feedback names a decision id this server never issued (HTTP 404)."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0])
+
+
+class FeedbackClosed(AdrlError, ValueError):
+    """Feedback arrived after the decision's feedback window closed (HTTP 409)."""
+
+
+class Pending:
+    """A decision waiting for its feedback window to close."""
+
+    __slots__ = (
+        "action",
+        "click",
+        "comps",
+        "conversion",
+        "episode",
+        "event_id",
+        "feedback",
+        "leave",
+        "obs",
+        "propensity",
+        "seq",
+        "shown",
+        "step",
+        "ts",
+        "user",
+        "version",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        event_id: str,
+        ts: float,
+        episode: int,
+        step: int,
+        user: int,
+        obs: np.ndarray,
+        action: tuple[int, int, int],
+        propensity: float,
+        comps: tuple[float, float, float],
+        version: str,
+    ) -> None:
+        self.seq, self.event_id, self.ts = seq, event_id, ts
+        self.episode, self.step, self.user, self.obs = episode, step, user, obs
+        self.action, self.propensity, self.comps, self.version = action, propensity, comps, version
+        self.feedback = False
+        self.click = self.conversion = self.leave = False
+        self.shown = True
+
+    def apply(self, click: bool, conversion: bool, leave: bool, shown: bool) -> None:
+        self.feedback = True
+        self.click = self.click or click or conversion
+        self.conversion = self.conversion or conversion
+        self.leave = self.leave or leave
+        self.shown = self.shown and shown
+
+
+def keyed_hash(key: bytes, domain: str, value: str | int) -> int:
+    """First 8 bytes of HMAC-SHA256(key, "domain:value") as a signed int64."""
+    return int.from_bytes(hmac.digest(key, f"{domain}:{value}".encode(), "sha256")[:8], "little", signed=True)
+
+
+@dataclass
+class LogStats:
+    """Counters of the log, exported as metrics."""
+
+    decisions: int = 0
+    feedback: int = 0
+    rows_written: int = 0
+    rows_defaulted: int = 0
+    parts_written: int = 0
+    recovered_pending: int = 0
+    recovered_torn: int = 0
+    recovered_corrupt: int = 0
+    write_errors: int = 0
+    last_error: str | None = None
+    recovery_notes: list[str] = field(default_factory=list)
+
+
+class DecisionLog:
+    """Issues event ids, journals decisions and feedback, joins them when windows close, writes parquet.
+
+    With ``log_dir=None`` nothing is written, but ids, step counts and feedback windows work the same.
+    Thread-safe: decisions and feedback may come from any thread; a background thread closes windows.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        log_dir: Path | str | None,
+        key: bytes | None,
+        policy_version: str,
+        feedback_window: float = 60.0,
+        default_reward: float = 0.0,
+        rotate_bytes: int = 64 << 20,
+        fsync_interval: float = 1.0,
+        flush_interval: float = 5.0,
+        part_rows: int = 200_000,
+    ) -> None:
+        if not (feedback_window > 0 and np.isfinite(feedback_window)):
+            raise ConfigError(f"feedback window must be a finite number of seconds > 0, got {feedback_window:g}")
+        if not np.isfinite(default_reward):
+            raise ConfigError(f"default reward must be finite, got {default_reward:g}")
+        if flush_interval <= 0:
+            raise ConfigError(f"flush interval must be > 0 seconds, got {flush_interval:g}")
+        if log_dir is not None and (key is None or len(key) < MIN_KEY_BYTES):
+            raise ConfigError(
+                f"logging needs a hashing key of at least {MIN_KEY_BYTES} bytes for user ids, got "
+                f"{0 if key is None else len(key)}"
+            )
+        self.scenario = scenario
+        self.layout = FeatureLayout.from_scenario(scenario)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.key = key if key is not None else secrets.token_bytes(32)
+        self.policy_version = policy_version
+        self.feedback_window = float(feedback_window)
+        self.default_reward = float(default_reward)
+        self.flush_interval = float(flush_interval)
+        self.part_rows = part_rows
+        self.stats = LogStats()
+        self.token = secrets.token_hex(4)
+        self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}
+        self._order: deque[Pending] = deque()
+        self._ready: list[Pending] = []
+        self._next_seq = 1
+        self._finalized_seq = 0  # every decision <= this has left the window
+        self._durable_seq = 0  # every decision <= this is in a parquet part
+        self._steps: OrderedDict[int, int] = OrderedDict()
+        self._hash_cache: dict[tuple[str, str | int], int] = {}
+        self._journal: Journal | None = None
+        self._rotate_bytes, self._fsync_interval = rotate_bytes, fsync_interval
+        self._stop = threading.Event()
+        self._joiner: threading.Thread | None = None
+        self._last_flush = time.monotonic()
+        self._write_lock = threading.Lock()
+        self._slot_cost = np.array([s.cost for s in scenario.slots])
+        self._conv_value = np.array([c.conversion_value for c in scenario.creatives])
+        self._delay_hours = np.array(scenario.delays)
+        self._hour_col = self.layout.index("hour")
+        self.started = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path | None:
+        return None if self.log_dir is None else self.log_dir / "data"
+
+    def start(self) -> None:
+        """Recover from the directory (if any), open a new journal segment and start closing windows."""
+        if self.started:
+            return
+        if self.log_dir is not None:
+            self._open_dir(self.log_dir)
+            self._recover()
+            self._journal = Journal(
+                self.log_dir / "journal", rotate_bytes=self._rotate_bytes, fsync_interval=self._fsync_interval
+            )
+            self._journal.open(
+                self._next_seq,
+                {
+                    "policy_version": self.policy_version,
+                    "token": self.token,
+                    "layout_hash": self.layout.hash,
+                    "started": _now(),
+                },
+            )
+        self._joiner = threading.Thread(target=self._join_loop, name="adrl-log-joiner", daemon=True)
+        self._joiner.start()
+        self.started = True
+
+    def close(self) -> None:
+        """Join closed windows, write them, sync and close the journal. Open windows stay pending in the journal
+        and are joined after the next start."""
+        self._stop.set()
+        if self._joiner is not None:
+            self._joiner.join(timeout=30)
+            self._joiner = None
+        self.join_closed(force_write=True)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.started = False
+
+    def _open_dir(self, log_dir: Path) -> None:
+        meta_path = log_dir / "log.json"
+        if meta_path.is_file():
+            meta = read_json(meta_path, what="decision log metadata")
+            if meta.get("layout_hash") != self.layout.hash:
+                raise FeatureMismatch(
+                    f"{log_dir}: the log holds feature layout {meta.get('layout_hash')!r}, this "
+                    f"policy uses {self.layout.hash}; use another --log-dir for this policy"
+                )
+            self.token = str(meta["token"])
+        else:
+            if log_dir.exists() and any(p for p in log_dir.iterdir() if not p.name.startswith(".")):
+                raise ConfigError(
+                    f"--log-dir {log_dir} is not empty and holds no log.json; give a new or an "
+                    "adrl serving log directory"
+                )
+            write_json_atomic(
+                meta_path,
+                {
+                    "format": LOG_FORMAT,
+                    "token": self.token,
+                    "layout_hash": self.layout.hash,
+                    "scenario_hash": self.scenario.content_hash,
+                    "created": _now(),
+                },
+            )
+        (log_dir / "data").mkdir(parents=True, exist_ok=True)
+
+    def _recover(self) -> None:
+        assert self.log_dir is not None
+        data = self.log_dir / "data"
+        for tmp in data.glob(".part-*.tmp"):  # a part being written when the process died
+            tmp.unlink(missing_ok=True)
+        for p in data.glob("part-*.parquet"):
+            m = PART_RE.match(p.name)
+            if m:
+                self._durable_seq = max(self._durable_seq, int(m.group(2)))
+        self._finalized_seq = self._durable_seq
+        segs = segments(self.log_dir / "journal")
+        start = 0
+        for i, (first, _) in enumerate(segs):
+            if first <= self._durable_seq + 1:
+                start = i
+        stats = ReadStats()
+        version = self.policy_version
+        max_seq = self._durable_seq
+        for rec in read_records([p for _, p in segs[start:]], stats):
+            t = rec.get("t")
+            if t == "h":
+                version = str(rec.get("policy_version", version))
+            elif t == "d":
+                seq = int(rec["seq"])
+                max_seq = max(max_seq, seq)
+                self._count_step(int(rec["ep"]), int(rec["step"]))
+                if seq <= self._durable_seq:
+                    continue
+                obs = np.frombuffer(base64.b64decode(rec["x"]), dtype=np.float32)
+                a = rec["a"]
+                pc = rec["pc"]
+                restored = Pending(
+                    seq,
+                    str(rec["id"]),
+                    float(rec["ts"]),
+                    int(rec["ep"]),
+                    int(rec["step"]),
+                    int(rec["uid"]),
+                    obs,
+                    (int(a[0]), int(a[1]), int(a[2])),
+                    float(rec["p"]),
+                    (float(pc[0]), float(pc[1]), float(pc[2])),
+                    version,
+                )
+                self._pending[restored.event_id] = restored
+                self._order.append(restored)
+            elif t == "f":
+                pend = self._pending.get(str(rec.get("id")))
+                if pend is not None:
+                    pend.apply(bool(rec["click"]), bool(rec["conversion"]), bool(rec["leave"]), bool(rec["shown"]))
+        self._next_seq = max_seq + 1
+        self.stats.recovered_pending = len(self._pending)
+        self.stats.recovered_torn, self.stats.recovered_corrupt = stats.torn, stats.corrupt
+        self.stats.recovery_notes = list(stats.where or [])[:20]
+
+    # ---- decisions -----------------------------------------------------------------------------------------
+    def hash_id(self, domain: str, value: str | int) -> int:
+        """Keyed hash of an id, memoised (bounded) since the same users and sessions come back."""
+        k = (domain, value)
+        h = self._hash_cache.get(k)
+        if h is None:
+            if len(self._hash_cache) >= HASH_CACHE_SIZE:
+                self._hash_cache.clear()
+            h = self._hash_cache[k] = keyed_hash(self.key, domain, value)
+        return h
+
+    def _count_step(self, episode: int, step: int) -> None:
+        steps = self._steps
+        if episode in steps:
+            steps.move_to_end(episode)
+        steps[episode] = max(step + 1, steps.get(episode, 0))
+        if len(steps) > MAX_STEP_EPISODES:
+            steps.popitem(last=False)
+
+    def record_decisions(
+        self,
+        episodes: Sequence[str | int | None],
+        steps: Sequence[int | None],
+        users: Sequence[str | None],
+        obs: np.ndarray,
+        action: np.ndarray,
+        propensity: np.ndarray,
+        components: np.ndarray,
+    ) -> tuple[list[str], list[int]]:
+        """Number, journal and hold ``n`` decisions; returns their event ids and steps.
+
+        Returns only after the journal lines reached the OS, so an acknowledged decision survives a crash.
+        """
+        n = obs.shape[0]
+        hash_id = self.hash_id
+        user_h = [-1 if u is None else hash_id("user", u) for u in users]
+        obs_b64 = [base64.b64encode(row.tobytes()).decode() for row in obs]
+        acts = action.tolist()
+        props = propensity.tolist()
+        comps = components.tolist()
+        ids: list[str] = []
+        out_steps: list[int] = []
+        lines: list[bytes] = []
+        with self._lock:
+            ts = time.time()
+            first = self._next_seq
+            self._next_seq += n
+            for i in range(n):
+                seq = first + i
+                eid = f"{self.token}-{seq}"
+                ep_raw = episodes[i]
+                if ep_raw is not None:
+                    ep = hash_id("episode", ep_raw)
+                elif users[i] is not None:
+                    ep = hash_id("episode", f"user:{users[i]}")
+                else:
+                    ep = keyed_hash(self.key, "episode", f"decision:{eid}")
+                step = steps[i]
+                if step is None:
+                    step = self._steps.get(ep, 0)
+                self._count_step(ep, step)
+                d, s, c = acts[i]
+                pd, ps, pc = comps[i]
+                p = Pending(
+                    seq, eid, ts, ep, step, user_h[i], obs[i], (d, s, c), props[i], (pd, ps, pc), self.policy_version
+                )
+                self._pending[eid] = p
+                self._order.append(p)
+                ids.append(eid)
+                out_steps.append(step)
+                if self._journal is not None:
+                    lines.append(
+                        encode_line(
+                            f'{{"t":"d","seq":{seq},"id":"{eid}","ts":{ts!r},"ep":{ep},"step":{step},"uid":{user_h[i]},'
+                            f'"a":[{d},{s},{c}],"p":{props[i]!r},"pc":[{pd!r},{ps!r},{pc!r}],"x":"{obs_b64[i]}"}}'
+                        )
+                    )
+            if self._journal is not None:
+                self._journal.append(b"".join(lines), self._next_seq)
+            self.stats.decisions += n
+        return ids, out_steps
+
+    def record_feedback(
+        self, event_id: str, *, click: bool = False, conversion: bool = False, leave: bool = False, shown: bool = True
+    ) -> dict[str, Any]:
+        """Merge feedback into a pending decision and journal it.
+
+        Raises:
+            UnknownDecision: the id was never issued by this log.
+            FeedbackClosed: the decision's feedback window has closed.
+        """
+        if (click or conversion) and not shown:
+            raise InvalidRequest.at(
+                ["shown"],
+                "an ad that was not shown cannot be clicked or converted; send shown=true with click/conversion",
+                False,
+            )
+        with self._lock:
+            now = time.time()
+            pend = self._pending.get(event_id)
+            if pend is None or now > pend.ts + self.feedback_window:
+                token, _, raw = event_id.rpartition("-")
+                seq = int(raw) if raw.isdigit() and len(raw) < 19 else -1
+                if token != self.token or not 0 < seq < self._next_seq:
+                    raise UnknownDecision(
+                        f"unknown decision id {event_id!r}; expected an event_id returned by "
+                        "POST /v1/decisions on this server"
+                    )
+                ago = "" if pend is None else f" {now - pend.ts - self.feedback_window:.3g} s ago"
+                raise FeedbackClosed(
+                    f"feedback window of {self.feedback_window:g} s for decision {event_id!r} "
+                    f"closed{ago}; feedback after the window is not joined"
+                )
+            pend.apply(click, conversion, leave, shown)
+            if self._journal is not None:
+                self._journal.append(
+                    encode_line(
+                        json.dumps(
+                            {
+                                "t": "f",
+                                "id": event_id,
+                                "ts": now,
+                                "click": click,
+                                "conversion": conversion,
+                                "leave": leave,
+                                "shown": shown,
+                            },
+                            separators=(",", ":"),
+                        )
+                    ),
+                    self._next_seq,
+                )
+            self.stats.feedback += 1
+            closes_in = pend.ts + self.feedback_window - now
+        return {"decision_id": event_id, "accepted": True, "window_closes_in_s": round(closes_in, 3)}
+
+    # ---- joining -------------------------------------------------------------------------------------------
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def _join_loop(self) -> None:
+        tick = max(0.02, min(0.5, self.feedback_window / 4, self.flush_interval / 2))
+        while not self._stop.wait(tick):
+            try:
+                self.join_closed()
+            except Exception as e:  # keep serving; the journal still holds everything, recovery rejoins it
+                self.stats.write_errors += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+
+    def join_closed(self, *, force_write: bool = False) -> int:
+        """Finalize decisions whose window closed; write a parquet part when due. Returns rows written."""
+        deadline = time.time() - self.feedback_window
+        order = self._order
+        more = True
+        while more:
+            with self._lock:
+                for _ in range(JOIN_CHUNK):
+                    if not order or order[0].ts > deadline:
+                        more = False
+                        break
+                    p = order.popleft()
+                    del self._pending[p.event_id]
+                    self._ready.append(p)
+                    self._finalized_seq = p.seq
+        with self._lock:
+            due = (
+                force_write
+                or len(self._ready) >= self.part_rows
+                or (time.monotonic() - self._last_flush >= self.flush_interval)
+            )
+            if not due or not self._ready:
+                return 0
+            rows, self._ready = self._ready, []
+            self._last_flush = time.monotonic()
+        if self.data_dir is None:
+            return 0
+        with self._write_lock:
+            self._write_part(rows)
+        return len(rows)
+
+    def _write_part(self, rows: list[Pending]) -> None:
+        assert self.data_dir is not None
+        n = len(rows)
+        action = np.array([p.action for p in rows], dtype=np.int64).reshape(n, 3)
+        obs = np.stack([p.obs for p in rows]).astype(np.float32, copy=False)
+        fb = np.array([p.feedback for p in rows], dtype=bool)
+        click = np.array([p.click for p in rows], dtype=bool) & fb
+        conversion = np.array([p.conversion for p in rows], dtype=bool) & fb
+        shown = np.array([p.shown for p in rows], dtype=bool)
+        rw = self.scenario.rewards
+        reward = np.where(
+            shown,
+            rw.click_value * click
+            + rw.conversion_weight * self._conv_value[action[:, 2]] * conversion
+            - self._slot_cost[action[:, 1]],
+            0.0,
+        )
+        reward = np.where(fb, reward, self.default_reward)
+        comps = np.array([p.comps for p in rows], dtype=np.float64).reshape(n, 3)
+        hour = (obs[:, self._hour_col].astype(np.int64) + self._delay_hours[action[:, 0]]) % HOURS_PER_DAY
+        cols: dict[str, Any] = {
+            "episode_id": np.array([p.episode for p in rows], dtype=np.int64),
+            "user_id": np.array([p.user for p in rows], dtype=np.int64),
+            "step": np.array([p.step for p in rows], dtype=np.int32),
+            "hour": hour.astype(np.int8),
+            "delay": action[:, 0].astype(np.int16),
+            "slot": action[:, 1].astype(np.int16),
+            "creative": action[:, 2].astype(np.int16),
+            "propensity": np.array([p.propensity for p in rows], dtype=np.float64),
+            "propensity_delay": comps[:, 0],
+            "propensity_slot": comps[:, 1],
+            "propensity_creative": comps[:, 2],
+            "shown": shown,
+            "click": click,
+            "conversion": conversion,
+            "leave": np.array([p.leave for p in rows], dtype=bool) & fb,
+            "reward": reward,
+            "event_id": np.array([p.event_id for p in rows], dtype=object),
+            "policy_version": np.array([p.version for p in rows], dtype=object),
+            "defaulted": ~fb,
+        }
+        for j, name in enumerate(self.layout.obs_names):
+            cols[LOG_PREFIX + name] = obs[:, j]
+        path = self.data_dir / f"part-{rows[0].seq:012d}-{rows[-1].seq:012d}.parquet"
+        with LogWriter(path, self.layout, serving=True, scenario_hash=self.scenario.content_hash) as writer:
+            writer.write(cols)
+        self._durable_seq = max(self._durable_seq, rows[-1].seq)
+        self.stats.rows_written += n
+        self.stats.rows_defaulted += int((~fb).sum())
+        self.stats.parts_written += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "log_dir": None if self.log_dir is None else str(self.log_dir),
+            "feedback_window_s": self.feedback_window,
+            "default_reward": self.default_reward,
+            "pending": self.n_pending,
+            "next_seq": self._next_seq,
+            "joined_through_seq": self._durable_seq,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

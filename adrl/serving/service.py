@@ -1,0 +1,309 @@
+"""``PolicyService``: decisions and feedback in process, with logging and metrics; the HTTP app wraps it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from adrl.agents.base import flat_index
+from adrl.errors import ConfigError
+from adrl.policy import (
+    DecisionRequest,
+    Exploration,
+    InvalidRequest,
+    LoadedPolicy,
+    invalid_from,
+    load_policy,
+    summarize_errors,
+    validation_errors,
+)
+from adrl.serving.decision_log import MIN_KEY_BYTES, DecisionLog
+from adrl.serving.metrics import Metrics
+
+MAX_BATCH = 10_000
+
+
+class FeedbackRequest(BaseModel):
+    """What happened after a decision; several events for one decision are merged (any click counts)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    decision_id: str = Field(min_length=1, max_length=128, description="event_id returned by POST /v1/decisions")
+    click: bool = False
+    conversion: bool = Field(False, description="a conversion implies a click")
+    leave: bool = Field(False, description="the user quit or opted out")
+    shown: bool = Field(True, description="false if the ad was never displayed (e.g. the session ended first)")
+
+
+_DECISION = TypeAdapter(DecisionRequest)
+_DECISIONS = TypeAdapter(list[DecisionRequest])
+_FEEDBACK = TypeAdapter(FeedbackRequest)
+
+
+def _parse_json(adapter: TypeAdapter[Any], body: bytes) -> Any:
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as e:
+        raise invalid_from(e) from None
+
+
+def parse_decision_body(body: bytes, *, max_batch: int = MAX_BATCH) -> DecisionRequest | list[DecisionRequest]:
+    """One request object or a JSON list of them; raises :class:`InvalidRequest` (``errors`` name each field)."""
+    head = body.lstrip()[:1]
+    if head == b"[":
+        reqs = _parse_json(_DECISIONS, body)
+        if len(reqs) > max_batch:
+            raise InvalidRequest.at([], f"a batch holds at most {max_batch} requests; split it", f"{len(reqs)} items")
+        return list(reqs)
+    if head != b"{":
+        raise InvalidRequest(
+            "request body must be a JSON object (one decision) or a list of objects",
+            [
+                {
+                    "loc": [],
+                    "msg": "expected a JSON object or list",
+                    "type": "json_invalid",
+                    "input": body[:40].decode(errors="replace"),
+                }
+            ],
+        )
+    return _parse_json(_DECISION, body)
+
+
+def parse_feedback_body(body: bytes) -> FeedbackRequest:
+    return _parse_json(_FEEDBACK, body)
+
+
+class Prepared(NamedTuple):
+    """A validated, encoded decision request."""
+
+    obs: np.ndarray
+    episode_id: str | int | None
+    step: int | None
+    user_id: str | None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``adrl serve`` configures; see ``adrl serve --help`` for each option."""
+
+    policy: Path
+    log_dir: Path | None = None
+    exploration: str = "none"
+    seed: int | None = None
+    feedback_window: float = 60.0
+    default_reward: float = 0.0
+    log_key_env: str = "ADRL_LOG_KEY"
+    ephemeral_log_key: bool = False
+    rotate_mb: float = 64.0
+    fsync_interval: float = 1.0
+    flush_interval: float = 5.0
+
+
+def log_key_from_env(env_var: str, *, logging: bool, ephemeral: bool) -> bytes | None:
+    """The user-id hashing key from ``env_var``; refuses to log without one unless ``ephemeral`` (random key)."""
+    raw = os.environ.get(env_var)
+    if raw:
+        key = raw.encode()
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"${env_var} holds a {len(key)}-byte key; the user-id hashing key needs at least "
+                f"{MIN_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            )
+        return key
+    if not logging:
+        return None
+    if ephemeral:
+        return secrets.token_bytes(32)
+    raise ConfigError(
+        f"logging is enabled but ${env_var} is not set; user ids are stored only as a keyed hash, "
+        f"so set {env_var} to a secret of at least {MIN_KEY_BYTES} bytes, or pass "
+        "--ephemeral-log-key to use a random key for this run (hashes then differ across restarts)"
+    )
+
+
+class PolicyService:
+    """A loaded policy plus its decision log and metrics: ``decide``, ``decide_batch``, ``feedback``, ``describe``.
+
+    Use as a context manager (or call ``start``/``close``) so the log recovers, joins and flushes.
+    """
+
+    def __init__(self, policy: LoadedPolicy, log: DecisionLog | None = None) -> None:
+        self.policy = policy
+        self.log = log or DecisionLog(policy.scenario, log_dir=None, key=None, policy_version=policy.policy_version)
+        labels = []
+        for d in policy.delay_hours:
+            for s in policy.slot_names:
+                for c in policy.creative_names:
+                    labels.append((str(d), s, c))
+        self.metrics = Metrics(labels)
+        stats = self.log.stats
+        self.metrics.gauge(
+            "adrl_log_pending_decisions", "Decisions whose feedback window is open.", lambda: self.log.n_pending
+        )
+        self.metrics.gauge(
+            "adrl_log_rows_written", "Joined rows written to parquet since start.", lambda: stats.rows_written
+        )
+        self.metrics.gauge(
+            "adrl_log_rows_defaulted",
+            "Joined rows written with the default reward since start.",
+            lambda: stats.rows_defaulted,
+        )
+        self.metrics.gauge(
+            "adrl_log_write_errors",
+            "Failed parquet writes since start (the journal keeps the data).",
+            lambda: stats.write_errors,
+        )
+        self.metrics.gauge(
+            "adrl_log_recovered_torn_records", "Torn journal lines skipped at start.", lambda: stats.recovered_torn
+        )
+        self._action_names = [
+            (d, policy.delay_hours[d], s, policy.slot_names[s], c, policy.creative_names[c])
+            for d in range(policy.nvec[0])
+            for s in range(policy.nvec[1])
+            for c in range(policy.nvec[2])
+        ]
+        self._explore = str(policy.exploration)
+
+    @classmethod
+    def from_config(cls, cfg: ServeConfig) -> PolicyService:
+        """Load the policy and set up the log from a :class:`ServeConfig` (reads the key's environment variable)."""
+        policy = load_policy(cfg.policy, exploration=Exploration.parse(cfg.exploration), seed=cfg.seed)
+        key = log_key_from_env(cfg.log_key_env, logging=cfg.log_dir is not None, ephemeral=cfg.ephemeral_log_key)
+        if cfg.rotate_mb <= 0:
+            raise ConfigError(f"rotate size must be > 0 MB, got {cfg.rotate_mb:g}")
+        log = DecisionLog(
+            policy.scenario,
+            log_dir=cfg.log_dir,
+            key=key,
+            policy_version=policy.policy_version,
+            feedback_window=cfg.feedback_window,
+            default_reward=cfg.default_reward,
+            rotate_bytes=max(1024, int(cfg.rotate_mb * (1 << 20))),
+            fsync_interval=cfg.fsync_interval,
+            flush_interval=cfg.flush_interval,
+        )
+        return cls(policy, log)
+
+    def start(self) -> PolicyService:
+        self.log.start()
+        return self
+
+    def close(self) -> None:
+        self.log.close()
+
+    def __enter__(self) -> PolicyService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- decisions ---------------------------------------------------------------------------------------
+    def prepare(self, request: DecisionRequest | Mapping[str, Any], loc: Sequence[str | int] = ()) -> Prepared:
+        """Validate and encode one request (raises :class:`InvalidRequest`)."""
+        req = self.policy.parse(request, loc)
+        obs = self.policy.encoder.encode(req, loc)
+        return Prepared(obs, req.episode_id, req.step, req.user.id if req.user is not None else None)
+
+    def decide_prepared(self, items: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Decide for encoded requests at once (one policy call), journal them, and return response dicts."""
+        if not items:
+            return []
+        obs = np.stack([it.obs for it in items]) if len(items) > 1 else items[0].obs[None, :]
+        arrays = self.policy.decide_arrays(obs)
+        ids, steps = self.log.record_decisions(
+            [it.episode_id for it in items],
+            [it.step for it in items],
+            [it.user_id for it in items],
+            obs,
+            arrays.action,
+            arrays.propensity,
+            arrays.components,
+        )
+        flat = flat_index(arrays.action, self.policy.nvec)
+        self.metrics.count_decisions(flat)
+        names = self._action_names
+        pv, pid, explore = self.policy.policy_version, self.policy.policy_id, self._explore
+        out = []
+        for i, (a, p, (pd, ps, pc)) in enumerate(
+            zip(flat.tolist(), arrays.propensity.tolist(), arrays.components.tolist(), strict=True)
+        ):
+            d, dh, s, sn, c, cn = names[a]
+            out.append(
+                {
+                    "event_id": ids[i],
+                    "episode_id": items[i].episode_id,
+                    "step": steps[i],
+                    "action": {
+                        "delay_index": d,
+                        "delay_hours": dh,
+                        "slot_index": s,
+                        "slot": sn,
+                        "creative_index": c,
+                        "creative": cn,
+                    },
+                    "propensity": p,
+                    "propensities": {"delay": pd, "slot": ps, "creative": pc},
+                    "policy_id": pid,
+                    "policy_version": pv,
+                    "exploration": explore,
+                }
+            )
+        return out
+
+    def decide(self, request: DecisionRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """One decision for a request mapping (``user``, ``context``, ``history`` or ``obs``, ``episode_id``...)."""
+        return self.decide_prepared([self.prepare(request)])[0]
+
+    def decide_batch(self, requests: Sequence[DecisionRequest | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Decisions for many requests with one policy call; an invalid one fails the batch, naming its index."""
+        if len(requests) > MAX_BATCH:
+            raise InvalidRequest.at(
+                [], f"a batch holds at most {MAX_BATCH} requests; split it", f"{len(requests)} items"
+            )
+        return self.decide_prepared([self.prepare(r, [i]) for i, r in enumerate(requests)])
+
+    # ---- feedback ----------------------------------------------------------------------------------------
+    def feedback(self, request: FeedbackRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """Record click/conversion/leave for a decision id (raises ``UnknownDecision`` / ``FeedbackClosed``)."""
+        if not isinstance(request, FeedbackRequest):
+            try:
+                request = FeedbackRequest.model_validate(dict(request))
+            except ValidationError as e:
+                raise InvalidRequest(summarize_errors(validation_errors(e)), validation_errors(e)) from None
+        result = self.log.record_feedback(
+            request.decision_id,
+            click=request.click,
+            conversion=request.conversion,
+            leave=request.leave,
+            shown=request.shown,
+        )
+        outcome = "conversion" if request.conversion else "click" if request.click else "no_click"
+        self.metrics.feedback[outcome] += 1
+        return result
+
+    # ---- introspection -----------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {**self.policy.describe(), "log": self.log.describe()}
+
+    def health(self) -> dict[str, Any]:
+        stats = self.log.stats
+        return {
+            "status": "ok",
+            "policy_version": self.policy.policy_version,
+            "pending": self.log.n_pending,
+            "log_write_errors": stats.write_errors,
+            "last_log_error": stats.last_error,
+        }
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes for responses."""
+    return json.dumps(obj, separators=(",", ":")).encode()

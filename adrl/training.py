@@ -1,0 +1,218 @@
+"""Training runs: a run directory with config copy, metrics.csv, TensorBoard events, checkpoints, resume, plots.
+
+``runs/<name>/``::
+
+    config.yaml          the resolved agent config (preset + overrides) and run options
+    metrics.csv          one row per log interval, appended and flushed (survives a kill)
+    tb/                  TensorBoard events
+    checkpoints/step-N/  agent saves, written to a temp dir and renamed (a kill never leaves a half checkpoint)
+    learning_curve.png   mean episode return against environment steps
+    policy/              the exported policy artifact (manifest.json + weights), loadable by adrl.load_policy
+
+Interrupts (Ctrl-C, SIGTERM) are turned into a clean stop at the next log interval: the agent is checkpointed and
+``--resume`` continues from there. After a SIGKILL, ``--resume`` continues from the last periodic checkpoint and
+drops the metrics rows logged after it, so the curve has no duplicated steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from adrl.errors import ConfigError
+from adrl.io import atomic_open
+
+METRIC_COLUMNS = ("step", "wall_seconds", "steps_per_second", "episodes", "mean_return", "loss", "epsilon", "entropy")
+StepCallback = Callable[[Any, int, dict[str, float]], bool]
+
+
+class StopRequested:
+    """Set by SIGINT/SIGTERM handlers; training callbacks return False once it is set."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequested]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self.requested:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.requested = True
+            self.signal_name = signal.Signals(signum).name
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, handler)
+        except ValueError:  # not the main thread (e.g. under a test runner thread): no handlers
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+class RunDir:
+    """A training run's directory; see the module docstring for its layout."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_path = self.path / "metrics.csv"
+        self.policy_path = self.path / "policy"
+        self._tb: Any = None
+        self._csv_file: Any = None
+        self._csv: Any = None
+
+    # ---- creation and resume ------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path | str, config: dict[str, Any], *, resume: bool) -> RunDir:
+        """Start a new run (refusing to overwrite one) or reopen one for ``resume``."""
+        run = cls(Path(path))
+        exists = run.path.exists() and any(run.path.iterdir())
+        if resume:
+            if not exists:
+                raise ConfigError(f"--resume: run directory {run.path} does not exist or is empty")
+            saved = run.load_config()
+            for key in ("agent", "env"):
+                if key in saved and key in config and saved[key] != config[key]:
+                    raise ConfigError(
+                        f"--resume: {run.path} was started with {key}={saved[key]!r}, not {config[key]!r}"
+                    )
+        elif exists:
+            raise ConfigError(
+                f"run directory {run.path} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.checkpoints.mkdir(exist_ok=True)
+        if not resume:
+            with atomic_open(run.path / "config.yaml") as f:
+                yaml.safe_dump(config, f, sort_keys=False)
+        return run
+
+    def load_config(self) -> dict[str, Any]:
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing; {self.path} is not an adrl run directory")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+        return data
+
+    def latest_checkpoint(self) -> tuple[Path, int] | None:
+        """The newest complete checkpoint and its step, if any."""
+        found = []
+        for p in self.checkpoints.glob("step-*"):
+            try:
+                step = int(p.name.removeprefix("step-"))
+            except ValueError:
+                continue
+            if (p / "manifest.json").is_file():
+                found.append((step, p))
+        if not found:
+            return None
+        step, p = max(found)
+        return p, step
+
+    def checkpoint(self, agent: Any, step: int, *, keep: int = 2) -> Path:
+        """Save ``agent`` as ``checkpoints/step-<step>`` atomically (temp dir + rename); keep the newest ``keep``."""
+        final = self.checkpoints / f"step-{step:012d}"
+        tmp = self.checkpoints / f".tmp-step-{step:012d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        agent.save(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        olds = sorted(p for p in self.checkpoints.glob("step-*") if p != final)
+        for old in olds[: max(0, len(olds) - (keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # ---- metrics --------------------------------------------------------------------------------------------
+    def open_metrics(self, *, resume_step: int | None) -> None:
+        """Open metrics.csv for appending; on resume drop rows past ``resume_step`` (logged after the checkpoint)."""
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.metrics_path.is_file():
+            with open(self.metrics_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        if resume_step is None or not self.metrics_path.is_file():
+            rows = []
+        with atomic_open(self.metrics_path, "w") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        self._csv_file = open(self.metrics_path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(log_dir=str(self.path / "tb"), purge_step=resume_step)
+
+    def log(self, step: int, stats: dict[str, float]) -> None:
+        row = {k: stats.get(k, math.nan) for k in METRIC_COLUMNS}
+        row["step"] = step
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        for k, v in stats.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self._tb.add_scalar(f"train/{k}", v, step)
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        if not self.metrics_path.is_file():
+            return []
+        with open(self.metrics_path, newline="") as f:
+            return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
+
+    def close(self) -> None:
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def plot_learning_curve(self, title: str) -> Path:
+        """Write learning_curve.png: mean episode return against environment steps."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.read_metrics() if math.isfinite(r.get("mean_return", math.nan))]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if rows:
+            ax.plot([r["step"] for r in rows], [r["mean_return"] for r in rows], lw=1.5)
+        ax.set_xlabel("environment steps (user-decisions)")
+        ax.set_ylabel("mean episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.path / "learning_curve.png"
+        with atomic_open(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+        plt.close(fig)
+        return out
+
+
+class Throughput:
+    """Steps per second between successive log calls."""
+
+    def __init__(self, step: int) -> None:
+        self.start = time.perf_counter()
+        self.last_time, self.last_step = self.start, step
+
+    def update(self, step: int) -> tuple[float, float]:
+        now = time.perf_counter()
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        return rate, now - self.start

@@ -1,0 +1,219 @@
+"""Tabular Q-learning over a discretized state and the flat (delay, slot, creative) action, on a vector env.
+
+State = (segment, preferred category by signal, hour-of-day bin, hours since the last ad, impressions in the last
+6 h), all observable. Update, for a batch of transitions from every sub-env at once:
+
+    Q[s, a] += α(s, a) · (r + γ · (1 − done) · max_a' Q[s', a'] − Q[s, a]),   α(s, a) = max(α_min, N(s, a)^−ω)
+
+where N counts visits, so rarely seen pairs learn fast and frequent ones average out noise. Exploration is
+ε-greedy with ε decaying linearly from ``epsilon_start`` to ``epsilon_end`` over ``epsilon_decay`` of the budget.
+The learned policy is greedy in Q: ``action_probabilities`` is one-hot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
+from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
+from adrl.errors import ArtifactError
+from adrl.features import FeatureLayout
+from adrl.io import load_npy, write_npy_atomic
+from adrl.scenario import HOURS_PER_DAY, Scenario
+
+
+class StateDiscretizer:
+    """Observation -> state index: segment × preferred category × hour bin × hours since last ad × recent ads."""
+
+    def __init__(self, layout: FeatureLayout, *, hour_bin: int = 2, max_gap: int = 5, max_recent: int = 3) -> None:
+        if not (1 <= hour_bin <= HOURS_PER_DAY and HOURS_PER_DAY % hour_bin == 0):
+            raise ValueError(f"hour_bin must divide 24, got {hour_bin}")
+        if max_gap < 1 or max_recent < 1:
+            raise ValueError(f"max_gap and max_recent must be >= 1, got {max_gap}, {max_recent}")
+        self.layout = layout
+        self.hour_bin, self.max_gap, self.max_recent = hour_bin, max_gap, max_recent
+        k = len(layout.categories)
+        self._signal = slice(1, 1 + k)
+        self._hour = layout.index("hour")
+        self._since = layout.index("hours_since_last_ad")
+        self._recent = layout.index("impressions_6h")
+        self.sizes = (len(layout.segments), k, HOURS_PER_DAY // hour_bin, max_gap, max_recent + 1)
+        self.n_states = int(np.prod(self.sizes))
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """State index of each observation, shape (n,)."""
+        seg = obs[:, 0].astype(np.int64)
+        pref = obs[:, self._signal].argmax(axis=1)
+        hour = obs[:, self._hour].astype(np.int64) // self.hour_bin
+        gap = np.clip(obs[:, self._since].astype(np.int64), 1, self.max_gap) - 1
+        recent = np.minimum(obs[:, self._recent].astype(np.int64), self.max_recent)
+        return np.ravel_multi_index((seg, pref, hour, gap, recent), self.sizes)
+
+    def config(self) -> dict[str, int]:
+        return {"hour_bin": self.hour_bin, "max_gap": self.max_gap, "max_recent": self.max_recent}
+
+
+@dataclass(frozen=True)
+class QLearningConfig:
+    gamma: float = 0.98
+    lr_exponent: float = 0.6
+    lr_min: float = 0.01
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.02
+    epsilon_decay: float = 0.6
+    hour_bin: int = 2
+    max_gap: int = 5
+    max_recent: int = 3
+    log_every: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.5 < self.lr_exponent <= 1.0:
+            raise ValueError(f"lr_exponent must be in (0.5, 1], got {self.lr_exponent}")
+        if not 0.0 <= self.epsilon_end <= self.epsilon_start <= 1.0:
+            raise ValueError(
+                f"need 0 <= epsilon_end <= epsilon_start <= 1, got {self.epsilon_end}, {self.epsilon_start}"
+            )
+        if not 0.0 < self.epsilon_decay <= 1.0:
+            raise ValueError(f"epsilon_decay must be in (0, 1], got {self.epsilon_decay}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+class TabularQAgent:
+    """Tabular Q-learning; see the module docstring for the update and exploration."""
+
+    kind = "tabular-q"
+    version = 1
+
+    def __init__(self, scenario: Scenario, config: QLearningConfig | None = None, *, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.config = config or QLearningConfig()
+        self.layout = FeatureLayout.from_scenario(scenario)
+        self.discretizer = StateDiscretizer(
+            self.layout, hour_bin=self.config.hour_bin, max_gap=self.config.max_gap, max_recent=self.config.max_recent
+        )
+        self.nvec = scenario.action_nvec
+        self.obs_dim = self.layout.obs_dim
+        self.n_actions = scenario.n_actions
+        self.q = np.zeros((self.discretizer.n_states, self.n_actions))
+        self.visits = np.zeros((self.discretizer.n_states, self.n_actions), dtype=np.int64)
+        self.steps_done = 0
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    # ---- policy ------------------------------------------------------------------------------------------------
+    def greedy_actions(self, states: np.ndarray) -> np.ndarray:
+        return self.q[states].argmax(axis=1)
+
+    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+        x = check_obs(obs, self.obs_dim)
+        return unflatten(self.greedy_actions(self.discretizer(x)), self.nvec)
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        x = check_obs(obs, self.obs_dim)
+        return one_hot(self.greedy_actions(self.discretizer(x)), self.n_actions)
+
+    def epsilon_at(self, step: int, total_steps: int) -> float:
+        c = self.config
+        frac = min(1.0, step / max(1.0, c.epsilon_decay * total_steps))
+        return c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start)
+
+    # ---- learning ----------------------------------------------------------------------------------------------
+    def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:
+        """Train on a Gymnasium vector env until ``total_steps`` user-decisions (counting earlier ones on resume).
+
+        ``callback(agent, steps_done, stats) -> bool`` is called every ``log_every`` steps; False stops training.
+        """
+        c = self.config
+        n = int(env.num_envs)
+        next_step = next_step_autoreset(env)
+        obs, _ = env.reset(seed=seed if seed is not None else int(self.rng.integers(2**31)))
+        state = self.discretizer(obs)
+        valid = np.ones(n, dtype=bool)
+        tracker = EpisodeTracker(n)
+        next_log = self.steps_done + c.log_every
+        td_sum, td_n = 0.0, 0
+        while self.steps_done < total_steps:
+            eps = self.epsilon_at(self.steps_done, total_steps)
+            action = self.greedy_actions(state)
+            explore = self.rng.random((n,)) < eps
+            action[explore] = self.rng.integers(0, self.n_actions, size=int(explore.sum()))
+            next_obs, reward, terminated, truncated, _ = env.step(unflatten(action, self.nvec))
+            next_state = self.discretizer(next_obs)
+            done = terminated | truncated
+            s, a = state[valid], action[valid]
+            if s.size:
+                r, d, s2 = reward[valid], done[valid], next_state[valid]
+                target = r + c.gamma * np.where(d, 0.0, self.q[s2].max(axis=1))
+                np.add.at(self.visits, (s, a), 1)
+                lr = np.maximum(c.lr_min, self.visits[s, a].astype(np.float64) ** -c.lr_exponent)
+                td = target - self.q[s, a]
+                np.add.at(self.q, (s, a), lr * td)
+                td_sum += float(np.square(td).sum())
+                td_n += int(td.size)
+            tracker.update(reward, done, valid)
+            self.steps_done += int(valid.sum())
+            valid = ~done if next_step else np.ones(n, dtype=bool)
+            state = next_state
+            if self.steps_done >= next_log or self.steps_done >= total_steps:
+                next_log = self.steps_done + c.log_every
+                stats = {
+                    "mean_return": tracker.pop_mean(),
+                    "episodes": float(tracker.n_episodes),
+                    "epsilon": eps,
+                    "loss": td_sum / max(td_n, 1),
+                }
+                td_sum, td_n = 0.0, 0
+                if callback is not None and callback(self, self.steps_done, stats) is False:
+                    break
+        return self
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_npy_atomic(path / "q.npy", self.q)
+        write_npy_atomic(path / "visits.npy", self.visits)
+        write_policy_manifest(
+            path,
+            kind=self.kind,
+            version=self.version,
+            scenario=self.scenario,
+            extra={
+                "config": asdict(self.config),
+                "n_states": self.discretizer.n_states,
+                "steps_done": self.steps_done,
+                "seed": self.seed,
+                "rng_state": self.rng.bit_generator.state,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> TabularQAgent:
+        path = Path(path)
+        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        try:
+            config = QLearningConfig(**manifest["config"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise ArtifactError(f"{path}/manifest.json: invalid agent config ({e})") from e
+        agent = cls(scenario, config, seed=manifest.get("seed"))
+        shape = (agent.discretizer.n_states, agent.n_actions)
+        if manifest.get("n_states") != shape[0]:
+            raise ArtifactError(f"{path}/manifest.json: n_states {manifest.get('n_states')} != {shape[0]}")
+        agent.q = load_npy(path / "q.npy", shape=shape).astype(np.float64)
+        agent.visits = load_npy(path / "visits.npy", shape=shape).astype(np.int64)
+        if not np.all(np.isfinite(agent.q)):
+            raise ArtifactError(f"{path}/q.npy holds NaN or infinite values")
+        agent.steps_done = int(manifest.get("steps_done", 0))
+        if isinstance(manifest.get("rng_state"), dict):
+            agent.rng.bit_generator.state = manifest["rng_state"]
+        return agent
+
+
+register_kind(TabularQAgent.kind, TabularQAgent.load)

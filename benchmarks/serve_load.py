@@ -1,0 +1,241 @@
+"""Load benchmark of ``adrl serve`` on loopback with ``wrk``; prints one JSON object.
+
+Runs, one after another, against one uvicorn worker each:
+
+1. ``constant``: a FastAPI endpoint that returns a constant JSON body (the reference: HTTP + framework cost only);
+2. ``single``: ``POST /v1/decisions`` with one request per call (greedy policy, ε=0.05 exploration, durable log on);
+3. ``batch``: ``POST /v1/decisions`` with a list of ``--batch-size`` requests per call;
+4. ``at_rate``: single decisions at about ``--rate`` requests/s (wrk's ``delay()`` paces each connection), for
+   the latency percentiles under a fixed load.
+
+Goals (issue 7): single ≥ 50% of constant (and ≥ 4,500 decisions/s), p99 < 25 ms at 1,000 req/s, batch ≥ 50,000
+decisions/s. ``wrk`` is installed with apt-get when missing. Everything listens on 127.0.0.1 and stops at the end.
+
+Usage: .venv/bin/python benchmarks/serve_load.py [--duration 5] [--connections 32] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CONSTANT_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+from starlette.responses import Response
+app = FastAPI()
+BODY = b'{"status":"ok","value":42}'
+@app.post("/const")
+async def const() -> Response:
+    return Response(BODY, media_type="application/json")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_level="warning", access_log=False)
+"""
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("ADRL_BENCH_BODY"), "rb")
+wrk.body = f:read("*a")
+f:close()
+local pause = tonumber(os.getenv("ADRL_BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  function delay() return pause end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'ADRL_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"errors":{"connect":%d,"read":%d,"write":%d,'
+    .. '"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemExit(f"wrk is not installed and apt-get could not install it ({e}); apt-get install wrk") from e
+    path = shutil.which("wrk")
+    if not path:
+        raise SystemExit("wrk is still missing after apt-get install wrk")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server did not answer {url} within {timeout:g} s")
+
+
+def run_wrk(wrk: str, url: str, body: Path, *, duration: float, connections: int, delay_ms: float = 0) -> dict:
+    env = {**os.environ, "ADRL_BENCH_BODY": str(body), "ADRL_BENCH_DELAY_MS": str(delay_ms)}
+    script = body.parent / "bench.lua"
+    script.write_text(LUA)
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("ADRL_JSON "))
+    raw = json.loads(line.removeprefix("ADRL_JSON "))
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(raw["errors"].values())
+    lat = raw["latency_us"]
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "req_per_s": round(raw["requests"] / seconds, 1),
+        "errors": errors,
+        "p50_ms": lat["p50"] / 1000,
+        "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000,
+        "max_ms": lat["max"] / 1000,
+    }
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def request_body(i: int) -> dict[str, Any]:
+    return {
+        "episode_id": f"session-{i}",
+        "user": {"id": f"user-{i}", "segment": "commuter", "signals": {"fashion": 0.4, "travel": 1.1}},
+        "context": {"hour": 8 + i % 12},
+        "history": {
+            "impressions_1h": 0,
+            "impressions_6h": 1,
+            "impressions_24h": 3,
+            "hours_since_last_ad": 2.0,
+            "clicks_today": 1,
+            "slot_counts": {"feed": 2, "banner": 1},
+            "creative_counts": {"travel_0": 1, "fashion_1": 2},
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (4 runs)")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=1000.0, help="target req/s of the latency run")
+    ap.add_argument("--rate-connections", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--exploration", default="epsilon:0.05")
+    args = ap.parse_args()
+    if not 0 < args.duration <= 60:
+        raise SystemExit("--duration must be in (0, 60] seconds")
+    wrk = ensure_wrk()
+
+    from adrl.agents.baselines import GreedyPolicy
+    from adrl.scenario import Scenario
+
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": vars(args) | {"policy": "greedy", "uvicorn_workers": 1, "wrk_threads": 1},
+    }
+    with tempfile.TemporaryDirectory(prefix="adrl-serve-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        GreedyPolicy(Scenario()).save(tmp / "policy")
+        single = tmp / "single.json"
+        single.write_text(json.dumps(request_body(0)))
+        batch = tmp / "batch.json"
+        batch.write_text(json.dumps([request_body(i) for i in range(args.batch_size)]))
+
+        port = free_port()
+        const = subprocess.Popen([sys.executable, "-c", CONSTANT_APP, str(port)], stdout=subprocess.DEVNULL)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/docs", const)
+            result["constant"] = run_wrk(wrk, f"http://127.0.0.1:{port}/const", single, duration=args.duration,
+                                         connections=args.connections)  # fmt: skip
+        finally:
+            stop(const)
+
+        port = free_port()
+        env = {**os.environ, "ADRL_LOG_KEY": "bench-only-key-0123456789abcdef"}
+        serve_cmd = [sys.executable, "-m", "adrl.cli", "serve", "--policy", str(tmp / "policy"), "--port", str(port),
+                     "--log-dir", str(tmp / "log"), "--exploration", args.exploration, "--feedback-window", "2",
+                     "--flush-interval", "2", "--seed", "0"]  # fmt: skip
+        server = subprocess.Popen(serve_cmd, env=env, stdout=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(f"{base}/healthz", server)
+            url = f"{base}/v1/decisions"
+            result["single"] = run_wrk(wrk, url, single, duration=args.duration, connections=args.connections)
+            b = run_wrk(wrk, url, batch, duration=args.duration, connections=4)
+            b["batch_size"] = args.batch_size
+            b["decisions_per_s"] = round(b["req_per_s"] * args.batch_size, 1)
+            result["batch"] = b
+            # wrk's delay() pauses each connection after its response, so the rate is C / (delay + latency):
+            # a short calibration run measures the latency part and the delay is corrected for it
+            c = args.rate_connections
+            delay_ms = c * 1000.0 / args.rate
+            cal = run_wrk(wrk, url, single, duration=min(2.0, args.duration), connections=c, delay_ms=delay_ms)
+            overhead_ms = max(0.0, c * 1000.0 / cal["req_per_s"] - delay_ms)
+            delay_ms = max(0.5 * delay_ms, delay_ms - overhead_ms)
+            r = run_wrk(wrk, url, single, duration=args.duration, connections=c, delay_ms=delay_ms)
+            r["delay_ms"] = round(delay_ms, 3)
+            r["target_req_per_s"] = args.rate
+            result["at_rate"] = r
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+                metrics = resp.read().decode()
+            result["server_log"] = {
+                line.split()[0]: float(line.split()[1])
+                for line in metrics.splitlines()
+                if line.startswith(("adrl_log_pending_decisions", "adrl_log_rows_written"))
+            }
+        finally:
+            stop(server)
+        journal = sum(p.stat().st_size for p in (tmp / "log" / "journal").glob("*.jsonl"))
+        result["server_log"]["journal_bytes"] = journal
+        result["server_log"]["exit_code"] = server.returncode
+
+    ratio = result["single"]["req_per_s"] / result["constant"]["req_per_s"]
+    result["single"]["ratio_to_constant"] = round(ratio, 3)
+    result["goals"] = {
+        "single_ge_half_constant": ratio >= 0.5,
+        "single_ge_4500_per_s": result["single"]["req_per_s"] >= 4500,
+        "p99_lt_25ms_at_rate": result["at_rate"]["p99_ms"] < 25,
+        "batch_ge_50000_decisions_per_s": result["batch"]["decisions_per_s"] >= 50_000,
+        "no_errors": all(result[k]["errors"] == 0 for k in ("constant", "single", "batch", "at_rate")),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Wrappers: a flat ``Discrete`` action view, a state discretizer for tabular agents, and a log recorder.
+
+- :class:`FlatActionWrapper` / :class:`FlatActionVectorWrapper`: ``Discrete(n_actions)`` with flat index
+  ``(delay * n_slots + slot) * n_creatives + creative`` (the index of ``adrl.agents.base.flat_index``).
+- :class:`StateDiscretizer`: observation -> one integer state in ``[0, n_states)``, vectorised over a batch;
+  :class:`DiscreteObservationWrapper` applies it to an env.
+- :class:`LogRecorder`: writes every decision in the logged-data schema of :mod:`adrl.logs`, so an env rollout
+  can be fed to ``adrl fit`` and ``adrl ope`` like a simulated or served log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import VectorActionWrapper, VectorEnv
+
+from adrl.agents.base import Policy, component_probabilities, flat_index, unflatten
+from adrl.envs.ad_placement import AdPlacementEnv
+from adrl.errors import ConfigError, InvalidAction
+from adrl.features import LOG_PREFIX, FeatureLayout
+from adrl.logs import LogWriter
+
+Nvec = tuple[int, int, int]
+
+
+def _nvec_of(space: gym.Space[Any]) -> Nvec:
+    if not isinstance(space, spaces.MultiDiscrete) or space.nvec.shape[-1:] != (3,):
+        raise ConfigError(f"expected a MultiDiscrete([n_delays, n_slots, n_creatives]) action space, got {space}")
+    nvec = np.asarray(space.nvec).reshape(-1, 3)[0]
+    return int(nvec[0]), int(nvec[1]), int(nvec[2])
+
+
+def _unflatten_checked(action: Any, n_actions: int, nvec: Nvec) -> np.ndarray:
+    a = np.asarray(action)
+    if a.dtype.kind not in "iu" or ((a < 0) | (a >= n_actions)).any():
+        raise InvalidAction(f"flat action {action!r} must be integers in 0..{n_actions - 1}")
+    return unflatten(a, nvec)
+
+
+class FlatActionWrapper(gym.ActionWrapper[np.ndarray, np.int64, np.ndarray]):
+    """``Discrete(n_delays * n_slots * n_creatives)`` view of the factored action (for DQN and tabular agents)."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        super().__init__(env)
+        self.nvec = _nvec_of(env.action_space)
+        self.n_actions = int(np.prod(self.nvec))
+        self.action_space = spaces.Discrete(self.n_actions)
+
+    def action(self, action: np.int64) -> np.ndarray:
+        """The (delay, slot, creative) triple of a flat index; ``InvalidAction`` when out of range."""
+        return _unflatten_checked(action, self.n_actions, self.nvec)
+
+    def reverse_action(self, action: np.ndarray) -> np.int64:
+        return np.int64(flat_index(np.asarray(action), self.nvec))
+
+
+class FlatActionVectorWrapper(VectorActionWrapper):
+    """Flat ``Discrete`` actions for a vector env: ``step`` takes ``(num_envs,)`` flat indices."""
+
+    def __init__(self, env: VectorEnv) -> None:
+        super().__init__(env)
+        self.nvec = _nvec_of(env.single_action_space)
+        self.n_actions = int(np.prod(self.nvec))
+        self.single_action_space = spaces.Discrete(self.n_actions)
+        self.action_space = spaces.MultiDiscrete(np.full(env.num_envs, self.n_actions))
+
+    def actions(self, actions: np.ndarray) -> np.ndarray:
+        return _unflatten_checked(actions, self.n_actions, self.nvec)
+
+
+DEFAULT_BINS: dict[str, Sequence[float] | None] = {
+    "segment": None,  # categorical: one bin per value
+    "hour": None,
+    "hours_since_last_ad": (2, 3, 5, 9, 24),  # 1 | 2 | 3-4 | 5-8 | 9-23 | none today
+    "impressions_6h": (1, 2, 4),  # 0 | 1 | 2-3 | 4+
+}
+
+
+class StateDiscretizer:
+    """Maps observations to integer states: a mixed-radix index over binned features.
+
+    Each feature in ``bins`` is binned by ``np.digitize(value, edges)`` (``len(edges) + 1`` bins), or, with edges
+    None, is a categorical feature with one bin per value. The default (segment × hour × time since the last ad ×
+    impressions in the last 6 h) has 4 · 24 · 6 · 4 = 2304 states in the default scenario.
+
+    Args:
+        layout: the feature layout of the observations.
+        bins: feature name -> increasing bin edges, or None for a categorical feature.
+
+    Example:
+        >>> from adrl.scenario import Scenario
+        >>> d = StateDiscretizer(FeatureLayout.from_scenario(Scenario()))
+        >>> d.n_states
+        2304
+    """
+
+    def __init__(self, layout: FeatureLayout, bins: Mapping[str, Sequence[float] | None] | None = None) -> None:
+        bins = dict(DEFAULT_BINS if bins is None else bins)
+        if not bins:
+            raise ConfigError("bins must name at least one observation feature")
+        self.layout = layout
+        self.features = tuple(bins)
+        self._columns: list[int] = []
+        self._edges: list[np.ndarray | None] = []
+        sizes = []
+        for name, edges in bins.items():
+            if name not in layout.obs_names:
+                raise ConfigError(f"bins: unknown observation feature {name!r}; expected one of {layout.obs_names}")
+            feature = layout.obs[layout.index(name)]
+            if edges is None:
+                if feature.kind != "categorical":
+                    raise ConfigError(f"bins: {name!r} is {feature.kind}; give its bin edges")
+                self._edges.append(None)
+                sizes.append(feature.cardinality)
+            else:
+                e = np.asarray(edges, dtype=np.float64)
+                if e.ndim != 1 or e.size == 0 or np.any(np.diff(e) <= 0):
+                    raise ConfigError(f"bins: edges of {name!r} must strictly increase, got {list(edges)}")
+                self._edges.append(e)
+                sizes.append(e.size + 1)
+            self._columns.append(layout.index(name))
+        self.sizes = tuple(sizes)
+        self.n_states = int(np.prod(sizes))
+        self._radix = np.cumprod((1, *sizes[::-1]))[-2::-1].astype(np.int64)  # place value of each feature
+
+    def discretize(self, obs: np.ndarray) -> Any:
+        """State of one observation (an ``int``) or of a batch ``(n, obs_dim)`` (int64 array ``(n,)``)."""
+        x = np.asarray(obs)
+        single = x.ndim == 1
+        x2 = x[None, :] if single else x
+        if x2.ndim != 2 or x2.shape[1] != self.layout.obs_dim:
+            raise ValueError(f"observations must have shape (n, {self.layout.obs_dim}), got {x.shape}")
+        state = np.zeros(x2.shape[0], dtype=np.int64)
+        for col, edges, size, radix in zip(self._columns, self._edges, self.sizes, self._radix, strict=True):
+            v = x2[:, col]
+            b = np.clip(v, 0, size - 1).astype(np.int64) if edges is None else np.digitize(v, edges)
+            state += b * radix
+        return int(state[0]) if single else state
+
+
+class DiscreteObservationWrapper(gym.ObservationWrapper[np.int64, np.ndarray, np.ndarray]):
+    """Observations become ``Discrete(n_states)`` states of a :class:`StateDiscretizer` (tabular agents)."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], discretizer: StateDiscretizer | None = None) -> None:
+        super().__init__(env)
+        layout = getattr(env.unwrapped, "layout", None)
+        if discretizer is None:
+            if not isinstance(layout, FeatureLayout):
+                raise ConfigError("pass a StateDiscretizer: the wrapped env has no feature layout")
+            discretizer = StateDiscretizer(layout)
+        self.discretizer = discretizer
+        self.observation_space = spaces.Discrete(discretizer.n_states)
+
+    def observation(self, observation: np.ndarray) -> np.int64:
+        return np.int64(self.discretizer.discretize(observation))
+
+
+class LogRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """Writes every decision of the wrapped :class:`AdPlacementEnv` to a parquet log in the logged-data schema.
+
+    One row per step: the observation the action was chosen on (``x_*``), the action, the logging policy's
+    propensity (joint and per component), the outcome and reward; with the ground-truth backend also the true
+    probabilities (``p_click`` ...). Rows are buffered and written in chunks; the file appears under its name
+    only on ``close()`` (atomic). Wrap the ``MultiDiscrete`` env directly (put ``FlatActionWrapper`` outside).
+
+    Args:
+        env: an :class:`AdPlacementEnv` (possibly behind Gymnasium's checker wrappers).
+        path: the parquet file to write.
+        policy: the policy choosing the actions (its ``action_probabilities`` give the propensities), or
+            ``"deterministic"`` when each action is its policy's only choice (propensity 1).
+        chunk_rows: rows buffered before a chunk is written.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[np.ndarray, np.ndarray],
+        path: Path | str,
+        *,
+        policy: Policy | Literal["deterministic"],
+        chunk_rows: int = 65_536,
+    ) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not isinstance(base, AdPlacementEnv):
+            raise ConfigError(f"LogRecorder records an AdPlacementEnv, got {type(base).__name__}")
+        if env.action_space != base.action_space:
+            raise ConfigError("LogRecorder must wrap the MultiDiscrete env; apply FlatActionWrapper outside it")
+        if policy != "deterministic" and not isinstance(policy, Policy):
+            raise ConfigError(
+                "policy must implement action_probabilities(obs) (the logging propensities) or be 'deterministic'"
+            )
+        if chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.base = base
+        self.policy = policy
+        self.chunk_rows = chunk_rows
+        self.nvec = base.scenario.action_nvec
+        self.truth = base.response is None
+        self._feature_cols = [LOG_PREFIX + n for n in base.layout.obs_names]
+        self._writer = LogWriter(path, base.layout, truth=self.truth, scenario_hash=base.scenario.content_hash)
+        self._rows: dict[str, list[Any]] = {}
+        self._obs: list[np.ndarray] = []
+        self._last_obs: np.ndarray | None = None
+        self._episode = -1
+        self._step = 0
+        self.n_rows = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last_obs = obs
+        self._episode += 1
+        self._step = 0
+        return obs, info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs_before = self._last_obs
+        if obs_before is None:
+            return self.env.step(action)  # the env raises ResetNeeded
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        a = np.asarray(action, dtype=np.int64)
+        if self.policy == "deterministic":
+            joint = pd = ps = pc = 1.0
+        else:
+            probs = self.policy.action_probabilities(obs_before[None, :])
+            joint = float(probs[0, int(flat_index(a, self.nvec))])
+            marginals = component_probabilities(probs, self.nvec)
+            pd, ps, pc = (float(m[0, int(a[i])]) for i, m in enumerate(marginals))
+        row = {
+            "episode_id": self._episode,
+            "user_id": self._episode,
+            "step": self._step,
+            "hour": info["hour"],
+            "delay": int(a[0]),
+            "slot": int(a[1]),
+            "creative": int(a[2]),
+            "propensity": joint,
+            "propensity_delay": pd,
+            "propensity_slot": ps,
+            "propensity_creative": pc,
+            "shown": info["shown"],
+            "click": info["click"],
+            "conversion": info["conversion"],
+            "leave": info["leave"],
+            "reward": float(reward),
+        }
+        if self.truth:
+            row.update(p_click=info["p_click"], p_conversion=info["p_conversion"], p_leave=info["p_leave"])
+        for key, value in row.items():
+            self._rows.setdefault(key, []).append(value)
+        self._obs.append(obs_before)
+        self._last_obs = obs
+        self._step += 1
+        self.n_rows += 1
+        if len(self._obs) >= self.chunk_rows:
+            self._flush()
+        return obs, reward, terminated, truncated, info
+
+    def _flush(self) -> None:
+        if not self._obs:
+            return
+        cols: dict[str, Any] = {k: np.asarray(v) for k, v in self._rows.items()}
+        cols.update(zip(self._feature_cols, np.stack(self._obs).T, strict=True))
+        self._writer.write(cols)
+        self._rows, self._obs = {}, []
+
+    def close(self) -> None:
+        """Write the last rows and move the file into place; closes the wrapped env too."""
+        if self._writer is not None:
+            self._flush()
+            self._writer.__exit__(None, None, None)
+            self._writer = None  # type: ignore[assignment]
+        super().close()
+
+    def __enter__(self) -> LogRecorder:
+        return self
+
+    def __exit__(self, *args: Any) -> Literal[False]:
+        exc_type, exc, tb = args if len(args) == 3 else (None, None, None)
+        if exc_type is not None and self._writer is not None:
+            self._writer.__exit__(exc_type, exc, tb)  # an error: discard the partial file
+            self._writer = None  # type: ignore[assignment]
+        self.close()
+        return False

@@ -1,0 +1,157 @@
+"""Logged data: deterministic simulation, exact propensities, schema round trip, clear errors on bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from adrl.agents.base import flat_index
+from adrl.cli import app
+from adrl.errors import DataError
+from adrl.features import FeatureLayout
+from adrl.logs import feature_columns, log_schema, read_logs, read_schema
+from adrl.scenario import Scenario
+from adrl.simulate import make_logging_policy, simulate
+
+
+@pytest.fixture(scope="module")
+def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("logs") / "logs.parquet"
+    simulate(Scenario(), n_users=400, out=out, seed=3, chunk_users=150, progress=False)
+    return out
+
+
+def test_same_seed_gives_identical_logs(tmp_path: Path, log_path: Path) -> None:
+    again = tmp_path / "again.parquet"
+    simulate(Scenario(), n_users=400, out=again, seed=3, chunk_users=150, progress=False)
+    pd.testing.assert_frame_equal(read_logs(log_path), read_logs(again))
+    other = tmp_path / "other.parquet"
+    simulate(Scenario(), n_users=400, out=other, seed=4, chunk_users=150, progress=False)
+    assert not read_logs(other)["reward"].equals(read_logs(log_path)["reward"])
+
+
+def test_parquet_round_trips_with_the_schema(log_path: Path) -> None:
+    sc = Scenario()
+    layout = FeatureLayout.from_scenario(sc)
+    schema = read_schema(log_path)
+    expected = log_schema(layout, truth=True)
+    assert schema.names == expected.names
+    assert [f.type for f in schema] == [f.type for f in expected]
+    meta = schema.metadata or {}
+    assert meta[b"adrl.layout_hash"].decode() == layout.hash
+    assert meta[b"adrl.scenario_hash"].decode() == sc.content_hash
+    df = read_logs(log_path)
+    assert df["episode_id"].nunique() == 400
+    # steps count up from 0 within each episode and episodes end with a leave or the end of the day
+    assert (df.groupby("episode_id")["step"].apply(lambda s: list(s) == list(range(len(s))))).all()
+    obs = df[feature_columns(layout)].to_numpy()
+    assert np.all(obs >= layout.obs_low) and np.all(obs <= layout.obs_high)
+
+
+@pytest.mark.parametrize("name", ["random", "epsilon-greedy"])
+def test_logged_propensities_are_the_logging_policy_probabilities(tmp_path: Path, name: str) -> None:
+    sc = Scenario()
+    layout = FeatureLayout.from_scenario(sc)
+    out = tmp_path / "l.parquet"
+    simulate(sc, n_users=200, out=out, logging_policy=name, epsilon=0.2, seed=0, progress=False)
+    df = read_logs(out)
+    policy = make_logging_policy(name, sc, epsilon=0.2)
+    obs = df[feature_columns(layout)].to_numpy(dtype=np.float32)
+    probs = policy.action_probabilities(obs)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)  # a distribution over the whole action space
+    action = df[["delay", "slot", "creative"]].to_numpy()
+    logged = probs[np.arange(len(df)), flat_index(action, sc.action_nvec)]
+    np.testing.assert_allclose(df["propensity"], logged)
+    cube = probs.reshape(-1, *sc.action_nvec)
+    rows = np.arange(len(df))
+    np.testing.assert_allclose(df["propensity_delay"], cube.sum(axis=(2, 3))[rows, action[:, 0]])
+    np.testing.assert_allclose(df["propensity_slot"], cube.sum(axis=(1, 3))[rows, action[:, 1]])
+    np.testing.assert_allclose(df["propensity_creative"], cube.sum(axis=(1, 2))[rows, action[:, 2]])
+
+
+def test_epsilon_greedy_logs_explore_every_dimension(log_path: Path) -> None:
+    df = read_logs(log_path)
+    assert df["delay"].nunique() == 4 and df["slot"].nunique() == 3 and df["creative"].nunique() == 12
+
+
+def test_missing_column_wrong_dtype_and_empty_file_are_clear(tmp_path: Path, log_path: Path) -> None:
+    table = pq.read_table(log_path)
+    pq.write_table(table.drop(["propensity"]), tmp_path / "a.parquet")
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['propensity'\]"):
+        read_logs(tmp_path / "a.parquet")
+    i = table.schema.get_field_index("click")
+    pq.write_table(table.set_column(i, "click", pa.array(["x"] * len(table))), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="column 'click' has type string, expected bool"):
+        read_logs(tmp_path / "b.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "c.parquet")
+    with pytest.raises(DataError, match="empty"):
+        read_logs(tmp_path / "c.parquet")
+    (tmp_path / "d.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        read_logs(tmp_path / "d.parquet")
+    with pytest.raises(DataError, match="does not exist"):
+        read_logs(tmp_path / "none.parquet")
+
+
+def test_bad_propensity_names_the_row(tmp_path: Path, log_path: Path) -> None:
+    table = pq.read_table(log_path)
+    prop = table.column("propensity").to_numpy().copy()
+    prop[5] = 0.0
+    i = table.schema.get_field_index("propensity")
+    pq.write_table(table.set_column(i, "propensity", pa.array(prop)), tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"propensity must be in \(0, 1\], got 0 at row 5"):
+        read_logs(tmp_path / "p.parquet")
+
+
+def test_interrupted_simulation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "logs.parquet"
+    out.write_bytes(b"previous results")
+    import adrl.simulate as sim
+
+    calls = {"n": 0}
+    original = sim.World.step
+
+    def failing_step(self: sim.World, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sim.World, "step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(Scenario(), n_users=100, out=out, seed=0, progress=False)
+    assert out.read_bytes() == b"previous results"  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["logs.parquet"]  # and no temp file is left behind
+
+
+def test_cli_simulate_writes_logs_and_reports_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "cli.parquet"
+    result = runner.invoke(app, ["simulate", "--users", "50", "--out", str(out), "--seed", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"n_users": 50' in result.output and out.is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("horizon: 0\n")
+    result = runner.invoke(app, ["simulate", "--scenario", str(bad), "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code == 2
+    assert "horizon = 0" in result.output
+    result = runner.invoke(app, ["simulate", "--users", "0"])
+    assert result.exit_code != 0
+
+
+def test_every_command_help_shows_an_example() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = sorted(typer.main.get_group(app).commands)
+    assert "simulate" in commands
+    for command in commands:
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Example: adrl " + command in result.output.replace("\n", " ")
