@@ -62,13 +62,12 @@ def logged_actions(
     if isinstance(policy, EpsilonGreedyPolicy):
         nvec, eps = policy.nvec, policy.epsilon
         greedy = policy.base.predict(obs)  # needed for every row: it sets the propensity of exploring rows too
-        explore = rng.random((n,)) < eps
+        explore = rng.random((n, 3)) < eps  # each component explores on its own
         uniform = np.stack([rng.integers(0, k, n) for k in nvec], axis=1)
-        action = np.where(explore[:, None], uniform, greedy)
+        action = np.where(explore, uniform, greedy)
         same = action == greedy
-        joint = (1 - eps) * same.all(axis=1) + eps / np.prod(nvec)
         comp = [(1 - eps) * same[:, i] + eps / nvec[i] for i in range(3)]
-        return action, joint, (comp[0], comp[1], comp[2])
+        return action, comp[0] * comp[1] * comp[2], (comp[0], comp[1], comp[2])
     action, probs = sample_actions(policy, obs, rng)
     nvec = policy.nvec  # type: ignore[attr-defined]
     joint = probs[np.arange(n), flat_index(action, nvec)]

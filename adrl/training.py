@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,7 +32,10 @@ import yaml
 
 from adrl.errors import ConfigError
 from adrl.io import atomic_open
+from adrl.scenario import Scenario, resolve_scenario
 
+GROUND_TRUTH_ID = "adrl/AdPlacement-v0"
+LEARNED_ID = "adrl/AdPlacement-Learned-v0"
 METRIC_COLUMNS = ("step", "wall_seconds", "steps_per_second", "episodes", "mean_return", "loss", "epsilon", "entropy")
 StepCallback = Callable[[Any, int, dict[str, float]], bool]
 
@@ -216,3 +220,51 @@ class Throughput:
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
         return rate, now - self.start
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A registered environment id resolved to its scenario and response backend."""
+
+    env_id: str
+    scenario: Scenario
+    response: Any = None  # None: the ground-truth world; else a LearnedResponse
+    behavior_path: Path | None = None
+
+    @property
+    def value_model(self) -> Any:
+        """What greedy and pacing rank actions by: the learned model on the learned simulator, else the truth."""
+        if self.response is None:
+            return None
+        from adrl.behavior import BehaviorValueModel
+
+        return BehaviorValueModel(self.response.model, self.scenario)
+
+
+def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: Path | str | None) -> EnvSpec:
+    """Check ``env_id`` and load what it needs: ``adrl/AdPlacement-Learned-v0`` requires a behavior model."""
+    if env_id == GROUND_TRUTH_ID:
+        if behavior is not None:
+            raise ConfigError(f"--behavior is for {LEARNED_ID}; {GROUND_TRUTH_ID} is the ground-truth world")
+        return EnvSpec(env_id, resolve_scenario(scenario))
+    if env_id == LEARNED_ID:
+        if behavior is None:
+            raise ConfigError(f"{LEARNED_ID} needs --behavior DIR (a model fitted with adrl fit)")
+        from adrl.behavior import LearnedResponse
+
+        sc = None if scenario is None else resolve_scenario(scenario)
+        response = LearnedResponse.load(behavior, sc)
+        return EnvSpec(env_id, response.scenario, response, Path(behavior))
+    raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r} or {LEARNED_ID!r}")
+
+
+def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
+    """The native vector env of ``spec`` through ``gymnasium.make_vec`` (its vector entry point, not N envs)."""
+    import gymnasium as gym
+
+    import adrl.envs.registration  # noqa: F401 - registers the ids
+
+    kwargs: dict[str, Any] = {"scenario": spec.scenario}
+    if spec.response is not None:
+        kwargs["behavior_model"] = spec.response
+    return gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)

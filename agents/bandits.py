@@ -110,7 +110,7 @@ class LinUCBAgent:
     def _choose(self, obs: np.ndarray) -> np.ndarray:
         phi = self.phi(obs)  # (n, A, d)
         mean = phi @ self.theta
-        width = np.sqrt(np.maximum(np.einsum("nad,de,nae->na", phi, self.A_inv, phi), 0.0))
+        width = np.sqrt(np.maximum(((phi @ self.A_inv) * phi).sum(axis=2), 0.0))  # sqrt(φᵀ A⁻¹ φ) per action
         return (mean + self.config.alpha * width).argmax(axis=1)
 
     def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:

@@ -236,7 +236,12 @@ class PacingPolicy(_Deterministic):
 
 
 class EpsilonGreedyPolicy:
-    """With probability ``epsilon`` a uniform action, else ``base``'s deterministic choice."""
+    """Each action component (delay, slot, creative) independently: with probability ``epsilon`` uniform, else the
+    base policy's choice.
+
+    Exploring per component keeps actions that differ from the base in one component (e.g. only the delay) likely
+    enough for off-policy evaluation: their propensity is about ε/n_k instead of ε/n_actions for a joint mixture.
+    """
 
     kind = "epsilon-greedy"
     version = 1
@@ -269,13 +274,20 @@ class EpsilonGreedyPolicy:
         greedy = self.base.predict(obs)
         if deterministic:
             return greedy
-        explore = self.rng.random((greedy.shape[0],)) < self.epsilon
-        uniform = unflatten(self.rng.integers(0, int(np.prod(self.nvec)), size=(greedy.shape[0],)), self.nvec)
-        return np.where(explore[:, None], uniform, greedy)
+        n = greedy.shape[0]
+        explore = self.rng.random((n, 3)) < self.epsilon
+        uniform = np.stack([self.rng.integers(0, k, n) for k in self.nvec], axis=1)
+        return np.where(explore, uniform, greedy)
+
+    def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
+        """Per-component distributions, each (n, n_k): (1 − ε) on the base's choice plus ε / n_k everywhere."""
+        greedy = self.base.predict(obs)
+        return [(1 - self.epsilon) * one_hot(greedy[:, i], k) + self.epsilon / k for i, k in enumerate(self.nvec)]
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
-        a = int(np.prod(self.nvec))
-        return (1 - self.epsilon) * self.base.action_probabilities(obs) + self.epsilon / a
+        pd, ps, pc = self.component_probabilities(obs)
+        joint = pd[:, :, None, None] * ps[:, None, :, None] * pc[:, None, None, :]
+        return joint.reshape(joint.shape[0], -1)
 
 
 def sample_actions(policy: object, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

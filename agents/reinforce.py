@@ -1,7 +1,7 @@
 """REINFORCE with a learned baseline over the factored action, on a vector env.
 
 Policy π(a|x) = π(delay|x) · π(slot|x) · π(creative|x): three categorical heads on a shared MLP trunk. Each update
-plays ``episodes_per_update`` complete user-days (one per sub-env, from a fresh reset) and descends
+plays one complete user-day per sub-env of the vector env (from a fresh reset) and descends
 
     L = − mean_t[ log π(a_t|x_t) · Â_t ] − β · mean_t[ H(π(·|x_t)) ] + mean_t[ (V(x_t) − G_t)² ]
 
@@ -33,12 +33,11 @@ class ReinforceConfig:
     lr: float = 3e-3
     value_lr: float = 3e-3
     entropy_coef: float = 0.01
-    episodes_per_update: int = 2048
     grad_clip: float = 1.0
     log_every: int = 200_000
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "episodes_per_update", "log_every"):
+        for name in ("hidden", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "value_lr", "grad_clip"):
