@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolic
 from adrl.features import LOG_PREFIX, FeatureLayout
 from adrl.logs import LogWriter
 from adrl.scenario import Scenario
-from adrl.world import World
+from adrl.world import UserBatch, World
 
 LoggingPolicyName = Literal["random", "epsilon-greedy"]
 
@@ -83,8 +84,12 @@ def _simulate_chunk(
     first: int,
     n: int,
     stream: np.random.SeedSequence,
+    on_decision: Callable[[UserBatch, np.ndarray], None] | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Simulate users ``first .. first + n`` from their own random stream; one column dict per step."""
+    """Simulate users ``first .. first + n`` from their own random stream; one column dict per step.
+
+    ``on_decision(batch, obs)`` sees each step's users (hidden state included) before they act.
+    """
     rng = np.random.default_rng(stream)
     feat_cols = [LOG_PREFIX + name for name in layout.obs_names]
     batch = world.sample_users(n, rng)  # only users still in their day stay in the batch
@@ -93,6 +98,8 @@ def _simulate_chunk(
     out = []
     while active.size:
         obs = layout.encode(batch)
+        if on_decision is not None:
+            on_decision(batch, obs)
         action, prop, (pd, ps, pc) = logged_actions(policy, obs, rng)
         res = world.step(batch, action, rng)
         cols: dict[str, np.ndarray] = {
@@ -123,6 +130,24 @@ def _simulate_chunk(
             active, batch = active[going], batch.take(going)
         step += 1
     return out
+
+
+def replay_decisions(
+    scenario: Scenario,
+    *,
+    n_users: int,
+    seed: int | None,
+    logging_policy: object,
+    chunk_users: int = 65_536,
+    on_decision: Callable[[UserBatch, np.ndarray], None],
+) -> None:
+    """Re-run the users of a ``simulate`` call (same arguments, same users) calling ``on_decision`` at each step."""
+    world = World(scenario)
+    layout = FeatureLayout.from_scenario(scenario)
+    n_chunks = -(-n_users // chunk_users)
+    for k, stream in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
+        first = k * chunk_users
+        _simulate_chunk(world, layout, logging_policy, first, min(chunk_users, n_users - first), stream, on_decision)
 
 
 def simulate(

@@ -110,14 +110,32 @@ class _Deterministic:
     kind: str
     version = 1
 
-    def _check_saveable(self) -> None:
-        if not isinstance(self.value_model, WorldValueModel):
+    value_model: ValueModel
+
+    def _save_value_model(self, path: Path) -> dict[str, str]:
+        """The ground truth needs nothing saved; a learned model is copied into ``path/behavior``."""
+        if isinstance(self.value_model, WorldValueModel):
+            return {"value_model": "ground-truth"}
+        model = getattr(self.value_model, "model", None)
+        if model is None or not hasattr(model, "save"):
             raise ArtifactError(
                 f"{self.kind} policy with a {type(self.value_model).__name__} value model cannot be saved; "
-                "only the ground-truth value model is portable"
+                "use the ground truth or a behavior model"
             )
+        model.save(Path(path) / "behavior")
+        return {"value_model": "behavior"}
 
-    value_model: ValueModel
+    @staticmethod
+    def _load_value_model(path: Path, manifest: dict[str, object], scenario: Scenario) -> ValueModel | None:
+        kind = manifest.get("value_model", "ground-truth")
+        if kind == "ground-truth":
+            return None
+        if kind != "behavior":
+            raise ArtifactError(f"{path}/manifest.json: value_model must be 'ground-truth' or 'behavior', got {kind!r}")
+        from adrl.behavior import BehaviorModel, BehaviorValueModel
+
+        layout = FeatureLayout.from_scenario(scenario)
+        return BehaviorValueModel(BehaviorModel.load(Path(path) / "behavior", layout=layout), scenario)
 
     def save(self, path: Path) -> None:
         raise NotImplementedError
@@ -183,13 +201,13 @@ class GreedyPolicy(_Deterministic):
         return np.stack([np.zeros_like(s), s, c], axis=1)
 
     def save(self, path: Path) -> None:
-        self._check_saveable()
-        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario)
+        extra = self._save_value_model(path)
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario, extra=extra)
 
     @classmethod
     def load(cls, path: Path) -> GreedyPolicy:
-        _, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        return cls(scenario)
+        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+        return cls(scenario, cls._load_value_model(path, manifest, scenario))
 
 
 class PacingPolicy(_Deterministic):
@@ -216,15 +234,17 @@ class PacingPolicy(_Deterministic):
         wait = np.maximum(self.min_gap - obs[:, self._since], 0)
         covers = self.delays[None, :] >= wait[:, None]
         d = np.where(covers.any(axis=1), covers.argmax(axis=1), len(self.delays) - 1)
-        v = self.value_model.expected_reward(obs)  # (n, D, S, C)
-        v = v[np.arange(obs.shape[0]), d].reshape(obs.shape[0], -1)
-        s, c = np.divmod(v.argmax(axis=1), self.nvec[2])
+        best = np.empty(obs.shape[0], dtype=np.int64)
+        for k in np.unique(d):  # score only the delay each row takes, not all of them
+            rows = np.flatnonzero(d == k)
+            v = self.value_model.expected_reward(obs[rows], np.array([k]))[:, 0]  # (m, S, C)
+            best[rows] = v.reshape(rows.size, -1).argmax(axis=1)
+        s, c = np.divmod(best, self.nvec[2])
         return np.stack([d, s, c], axis=1)
 
     def save(self, path: Path) -> None:
-        self._check_saveable()
-        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario,
-                              extra={"min_gap": self.min_gap})  # fmt: skip
+        extra = {"min_gap": self.min_gap, **self._save_value_model(path)}
+        write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.scenario, extra=extra)
 
     @classmethod
     def load(cls, path: Path) -> PacingPolicy:
@@ -232,7 +252,7 @@ class PacingPolicy(_Deterministic):
         gap = manifest.get("min_gap")
         if not isinstance(gap, int) or gap < 1:
             raise ArtifactError(f"{path}/manifest.json: min_gap must be an integer >= 1, got {gap!r}")
-        return cls(scenario, gap)
+        return cls(scenario, gap, cls._load_value_model(path, manifest, scenario))
 
 
 class EpsilonGreedyPolicy:

@@ -92,9 +92,19 @@ def _config(cls: type, params: dict[str, Any], agent: str) -> Any:
 
 
 def make_agent(
-    name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, value_model: Any = None
+    name: str,
+    scenario: Scenario,
+    params: dict[str, Any],
+    *,
+    seed: int | None,
+    value_model: Any = None,
+    response: Any = None,
 ) -> Any:
-    """Build agent ``name`` with ``params``; baselines rank actions with ``value_model`` (ground truth if None)."""
+    """Build agent ``name`` with ``params``.
+
+    Baselines rank actions with ``value_model`` (the ground truth if None); pacing's ``min_gap``, when not given,
+    is searched on the simulator the agent is for (``response``: None for the ground truth).
+    """
     if name == "q_learning":
         from adrl.agents.q_learning import QLearningConfig, TabularQAgent
 
@@ -122,9 +132,7 @@ def make_agent(
         _config_keys(params, {"min_gap"}, name)
         gap = params.get("min_gap")
         if gap is None:
-            from adrl.envs.pacing import choose_pacing_gap
-
-            gap = choose_pacing_gap(scenario, seed=seed or 0)
+            gap = search_pacing_gap(scenario, value_model, response, seed=seed or 0)
         return PacingPolicy(scenario, int(gap), value_model)
     if name == "random":
         _config_keys(params, set(), name)
@@ -136,3 +144,30 @@ def _config_keys(params: dict[str, Any], allowed: set[str], agent: str) -> None:
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ConfigError(f"{agent}: unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
+
+
+def search_pacing_gap(
+    scenario: Scenario,
+    value_model: Any,
+    response: Any,
+    *,
+    seed: int = 0,
+    gaps: tuple[int, ...] = (1, 2, 3, 4, 5, 6),
+    n_episodes: int = 4000,
+) -> int:
+    """The ``min_gap`` with the best mean return of pacing in the simulator ``response`` (None: ground truth).
+
+    Searching on the simulator the policy is built for keeps the ground truth out of a learned-simulator run.
+    """
+    from adrl.agents.baselines import PacingPolicy
+    from adrl.evaluation import evaluate_policy
+
+    best, best_value = gaps[0], float("-inf")
+    for gap in gaps:
+        policy = PacingPolicy(scenario, gap, value_model)
+        value = evaluate_policy(
+            policy, scenario, n_episodes=n_episodes, seed=seed, response=response
+        ).overall.mean_return
+        if value > best_value + 1e-12:
+            best, best_value = gap, value
+    return best

@@ -38,48 +38,12 @@ from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, adrl_action_features, adrl_categorical, overrun_mask
 from adrl.ope.reward_models import cross_fit
 from adrl.ope.run import default_reward_model, evaluate, model_terms
+from adrl.ope.truth import check_truth, true_action_values
 from adrl.scenario import Scenario
 from adrl.simulate import logged_actions, make_logging_policy
-from adrl.world import UserBatch, World
+from adrl.world import World
 
 BANDIT = (DM(), IPS(), SNIPS(), DR(), SNDR(), SwitchDR())
-
-
-def true_action_values(world: World, batch: UserBatch) -> np.ndarray:
-    """Exact E[r | hidden state, a] of every flat action, shape (n, n_actions), 0 where the delay overruns.
-
-    The formulas of World.probabilities / World.expected_reward broadcast over (delay, slot, creative);
-    :func:`check_truth` compares them with those methods on sampled actions.
-    """
-    w, dyn, sc = world, world.dyn, world.scenario
-    d_hours = w.delays  # (D,)
-    at = batch.epoch[:, None] + d_hours[None, :]  # (n, D)
-    hour = w.hour_of_epoch[at]
-    fatigue = batch.fatigue[:, None] * w.decay_per_hour ** d_hours[None, :]
-    aff = batch.interest @ w.latents.T  # (n, C)
-    seg = batch.segment
-    time_part = w.log_activity[seg[:, None], hour] - dyn.fatigue_weight * fatigue  # (n, D)
-    base = dyn.affinity_weight * aff + dyn.quality_weight * w.quality  # (n, C)
-    logit = dyn.base_click_logit + time_part[:, :, None, None] + w.log_attention[None, None, :, None]
-    p_click = 1.0 / (1.0 + np.exp(-(logit + base[:, None, None, :])))
-    p_conv = 1.0 / (1.0 + np.exp(-(dyn.base_conversion_logit + w.conv_propensity[seg, None]
-                                   + dyn.conversion_affinity_weight * aff)))  # fmt: skip
-    rw = sc.rewards
-    value = rw.click_value + rw.conversion_weight * w.conversion_value[None, :] * p_conv  # (n, C)
-    q = p_click * value[:, None, None, :] - w.slot_cost[None, None, :, None]
-    q = np.where((at < sc.horizon)[:, :, None, None], q, 0.0)
-    return q.reshape(len(batch), -1)
-
-
-def check_truth(world: World, batch: UserBatch, rng: np.random.Generator) -> None:
-    """The broadcast truth equals World.probabilities + World.expected_reward on random actions."""
-    sc = world.scenario
-    act = np.stack([rng.integers(0, k, len(batch)) for k in sc.action_nvec], axis=1)
-    ref = world.expected_reward(world.probabilities(batch, act), act)
-    ref = np.where(batch.epoch + world.delays[act[:, 0]] < sc.horizon, ref, 0.0)
-    got = true_action_values(world, batch)[np.arange(len(batch)), flat_index(act, sc.action_nvec)]
-    if not np.allclose(got, ref, rtol=1e-10, atol=1e-12):
-        raise AssertionError("broadcast truth disagrees with World.probabilities / expected_reward")
 
 
 def simulate_logs(

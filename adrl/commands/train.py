@@ -63,7 +63,9 @@ def train_run(
         if progress:
             console.print(f"resuming {out} from checkpoint at step {start:,}")
     else:
-        agent = make_agent(agent_name, spec.scenario, params, seed=seed, value_model=spec.value_model)
+        agent = make_agent(
+            agent_name, spec.scenario, params, seed=seed, value_model=spec.value_model, response=spec.response
+        )
         start = 0
     stop = StopRequested()
     summary: dict[str, Any] = {"run": str(run.path), "agent": agent_name, "env": env_id}

@@ -1,0 +1,57 @@
+"""``adrl quickstart``: the whole loop on the default market, ending in report.html and the best policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from adrl.commands import cli_errors, console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quickstart")
+    def quickstart_cmd(
+        out: Annotated[Path, typer.Option(help="directory for logs, models, runs and report.html")] = Path(
+            "runs/quickstart"
+        ),
+        fast: Annotated[bool, typer.Option("--fast", help="a sub-minute smoke-sized run")] = False,
+        seed: Annotated[int, typer.Option(min=0, help="random seed of every stage")] = 0,
+        scenario: Annotated[Path | None, typer.Option(help="scenario YAML (default market if omitted)")] = None,
+        force: Annotated[bool, typer.Option("--force", help="replace an earlier quickstart in --out")] = False,
+    ) -> None:
+        """Simulate logs, fit the behavior model, train agents on it, evaluate them and write a report.
+
+        Example: adrl quickstart --out runs/quickstart
+        """
+        from adrl.quickstart import run_quickstart
+
+        with cli_errors():
+            r = run_quickstart(out, fast=fast, seed=seed, scenario=scenario, force=force, log=console.print)
+            t = Table(title="policies on the ground-truth world (agents trained on the learned simulator)")
+            for col in ("policy", "mean return", "95% CI", "CTR", "ads / user-day", "churn"):
+                t.add_column(col, justify="left" if col == "policy" else "right")
+            for e in sorted(r.evaluations, key=lambda x: -x.overall.mean_return):
+                m = e.overall
+                style = "bold green" if e.name == r.best else None
+                t.add_row(e.name, f"{m.mean_return:.4f}", f"[{m.ci_low:.4f}, {m.ci_high:.4f}]", f"{m.ctr:.2%}",
+                          f"{m.impressions_per_user:.2f}", f"{m.churn_rate:.1%}", style=style)  # fmt: skip
+            console.print(t)
+            o = r.ope[r.best]
+            dr = o["estimates"].get("dr", {})
+            if dr:
+                console.print(
+                    f"off-policy DR estimate for {r.best}: {dr['value']:.4f} per decision "
+                    f"(true {o['true_per_decision']:.4f})"
+                )
+            console.print(f"\nreport: {r.report}\nbest policy ({r.best}): {r.best_policy}")
+            console.print(
+                "\nnext:\n"
+                f"  ADRL_LOG_KEY=$(openssl rand -hex 32) adrl serve --policy {r.best_policy} --port 8000 "
+                "--log-dir runs/serve-log\n"
+                f"  python -c \"import adrl; p = adrl.load_policy('{r.best_policy}'); "
+                "print(p.decide(user={'segment': 'commuter'}, context={'hour': 8}))\"",
+                soft_wrap=True,
+            )

@@ -1,0 +1,223 @@
+"""The main job (``adrl quickstart``): logs → behavior model → agents on the learned simulator → evaluation → report.
+
+1. simulate logged decisions of an ε-greedy logging policy in the default market;
+2. fit the behavior model on them (the learned simulator);
+3. train tabular Q-learning and REINFORCE on ``adrl/AdPlacement-Learned-v0``, and build the greedy, pacing and random
+   baselines (greedy and pacing rank actions with the learned model);
+4. evaluate every policy on the ground-truth world (the sim-to-real test) and off-policy from the logs, next to the
+   true values;
+5. export the best policy and write ``report.html``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adrl.errors import ConfigError
+from adrl.evaluation import Evaluation, evaluate_policies
+from adrl.features import FeatureLayout
+from adrl.io import write_json_atomic
+from adrl.scenario import Scenario, resolve_scenario
+from adrl.training import LEARNED_ID
+
+OPE_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "pdis", "wis", "wdr")
+AGENTS = ("q_learning", "reinforce", "greedy", "pacing", "random")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each stage does."""
+
+    n_users: int  # logged user-days
+    fit_epochs: int
+    fit_baselines: bool
+    q_steps: int
+    q_envs: int
+    reinforce_steps: int
+    reinforce_envs: int
+    eval_episodes: int
+    n_boot: int
+    holdout_users: int
+
+
+DEFAULT_BUDGET = Budget(
+    n_users=60_000, fit_epochs=8, fit_baselines=True, q_steps=60_000_000, q_envs=4096, reinforce_steps=2_500_000,
+    reinforce_envs=2048, eval_episodes=20_000, n_boot=200, holdout_users=20_000,
+)  # fmt: skip
+FAST_BUDGET = Budget(
+    n_users=3_000, fit_epochs=2, fit_baselines=False, q_steps=1_000_000, q_envs=1024, reinforce_steps=40_000,
+    reinforce_envs=256, eval_episodes=2_000, n_boot=50, holdout_users=2_000,
+)  # fmt: skip
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    scenario: Scenario
+    simulation: dict[str, Any]
+    behavior_metrics: dict[str, Any]
+    calibration: dict[str, list[float]]
+    curves: dict[str, list[tuple[float, float]]]
+    evaluations: list[Evaluation]
+    ope: dict[str, dict[str, Any]]
+    best: str
+    best_policy: Path
+    report: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "best": self.best,
+            "best_policy": str(self.best_policy),
+            "report": str(self.report),
+            "policies": {e.name: e.overall.as_dict() for e in self.evaluations},
+            "ope": self.ope,
+            "seconds": self.seconds,
+        }
+
+
+def _prepare(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"{out} already holds results; pass --force to replace them or choose another --out")
+        if not (out / "quickstart.json").is_file() and not (out / "logs.parquet").exists():
+            raise ConfigError(f"{out} is not a quickstart directory; refusing to delete it even with --force")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def calibration_curve(model: Any, scenario: Scenario, *, n_users: int, seed: int, n_bins: int = 12) -> dict[str, Any]:
+    """Predicted vs observed click rate (and the true probability) by bins of prediction on fresh held-out logs."""
+    import tempfile
+
+    from adrl.logs import feature_columns, read_logs
+    from adrl.simulate import simulate
+
+    layout = FeatureLayout.from_scenario(scenario)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "holdout.parquet"
+        simulate(scenario, n_users=n_users, out=path, seed=seed, progress=False)
+        df = read_logs(path)
+    df = df[df["shown"]]
+    obs = df[feature_columns(layout)].to_numpy(dtype=np.float32)
+    action = df[["delay", "slot", "creative"]].to_numpy(dtype=np.int64)
+    pred = np.asarray(model.predict(obs, action)[0], dtype=np.float64)
+    edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)))
+    idx = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, len(edges) - 2)
+    out: dict[str, Any] = {"predicted": [], "observed": [], "true": [], "count": []}
+    clicks = df["click"].to_numpy(dtype=np.float64)
+    truth = df["p_click"].to_numpy(dtype=np.float64)
+    for b in range(len(edges) - 1):
+        m = idx == b
+        if m.any():
+            out["predicted"].append(float(pred[m].mean()))
+            out["observed"].append(float(clicks[m].mean()))
+            out["true"].append(float(truth[m].mean()))
+            out["count"].append(int(m.sum()))
+    out["n_impressions"] = len(df)
+    return out
+
+
+def run_quickstart(
+    out: Path | str,
+    *,
+    fast: bool = False,
+    seed: int = 0,
+    scenario: Scenario | Path | str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> QuickstartResult:
+    """Run every stage into ``out``; see the module docstring. ``fast`` is a smoke-sized budget."""
+    from adrl.agents.registry import load_policy_artifact
+    from adrl.behavior import FitConfig, fit_adrl
+    from adrl.commands.train import train_run
+    from adrl.ope.data import read_adrl_logs
+    from adrl.ope.run import evaluate as ope_evaluate
+    from adrl.ope.truth import per_decision_truth
+    from adrl.report import write_report
+    from adrl.simulate import simulate
+    from adrl.training import RunDir
+
+    out = Path(out)
+    budget = FAST_BUDGET if fast else DEFAULT_BUDGET
+    sc = resolve_scenario(scenario)
+    _prepare(out, force)
+    seconds: dict[str, float] = {}
+    stages = 6
+
+    def stage(k: int, text: str) -> float:
+        log(f"[{k}/{stages}] {text}")
+        return time.perf_counter()
+
+    t = stage(1, f"simulating {budget.n_users:,} user-days of an epsilon-greedy logging policy")
+    logs = out / "logs.parquet"
+    sim = simulate(sc, n_users=budget.n_users, out=logs, seed=seed, progress=progress)
+    seconds["simulate"] = time.perf_counter() - t
+
+    t = stage(2, f"fitting the behavior model ({budget.fit_epochs} epochs) on {sim.n_impressions:,} impressions")
+    cfg = FitConfig(epochs=budget.fit_epochs, seed=seed, baselines=budget.fit_baselines)
+    report = fit_adrl(logs, sc, cfg, progress=progress)
+    behavior = out / "behavior"
+    report.model.save(behavior)
+    calibration = calibration_curve(report.model, sc, n_users=budget.holdout_users, seed=seed + 1)
+    seconds["fit"] = time.perf_counter() - t
+
+    t = stage(3, "training agents on the learned simulator (adrl/AdPlacement-Learned-v0)")
+    budgets = {
+        "q_learning": (budget.q_steps, budget.q_envs),
+        "reinforce": (budget.reinforce_steps, budget.reinforce_envs),
+    }
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name in AGENTS:
+        steps, n_envs = budgets.get(name, (None, None))
+        log(f"      {name}")
+        train_run(agent_name=name, env_id=LEARNED_ID, out=out / "agents" / name, behavior=behavior, steps=steps,
+                  n_envs=n_envs, seed=seed, progress=progress)  # fmt: skip
+        rows = RunDir(out / "agents" / name).read_metrics()
+        curves[name] = [(r["step"], r["mean_return"]) for r in rows if np.isfinite(r.get("mean_return", np.nan))]
+    seconds["train"] = time.perf_counter() - t
+
+    layout = FeatureLayout.from_scenario(sc)
+    policies = {name: load_policy_artifact(out / "agents" / name / "policy", expect_layout=layout) for name in AGENTS}
+
+    t = stage(4, f"evaluating every policy on the ground-truth world ({budget.eval_episodes:,} user-days each)")
+    evaluations = evaluate_policies(policies, sc, n_episodes=budget.eval_episodes, seed=seed + 2)
+    seconds["evaluate"] = time.perf_counter() - t
+
+    t = stage(5, "off-policy evaluation from the logs, beside the true values")
+    data = read_adrl_logs(logs, layout)
+    truth = per_decision_truth(sc, policies, n_users=budget.n_users, seed=seed)
+    ope: dict[str, dict[str, Any]] = {}
+    by_name = {e.name: e for e in evaluations}
+    for name, policy in policies.items():
+        estimated = ope_evaluate(data, policy.action_probabilities, OPE_ESTIMATORS, rng=np.random.default_rng(seed),
+                                 n_boot=budget.n_boot)  # fmt: skip
+        ope[name] = {
+            "true_per_decision": truth[name],
+            "true_return": by_name[name].overall.mean_return,
+            "estimates": {k: e.as_dict() for k, e in estimated.estimates.items()},
+        }
+    seconds["ope"] = time.perf_counter() - t
+
+    t = stage(6, "exporting the best policy and writing the report")
+    best = max(evaluations, key=lambda e: e.overall.mean_return).name
+    best_policy = out / "best_policy"
+    shutil.copytree(out / "agents" / best / "policy", best_policy)
+    result = QuickstartResult(
+        out=out, scenario=sc, simulation=sim.as_dict(), behavior_metrics=report.metrics_json(),
+        calibration=calibration, curves=curves, evaluations=evaluations, ope=ope, best=best,
+        best_policy=best_policy, report=out / "report.html", seconds=seconds,
+    )  # fmt: skip
+    write_report(result)
+    seconds["report"] = time.perf_counter() - t
+    write_json_atomic(out / "quickstart.json", result.summary())
+    return result
