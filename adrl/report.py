@@ -188,10 +188,10 @@ def _ope(r: QuickstartResult) -> str:
                          f"{truth:.4f}", f"{rel:.1%}", "yes" if covered else "no",
                          _fmt(e.get("ess"), ",.0f")])  # fmt: skip
     note = (
-        "<p>Per-decision estimators (DM, IPS, SNIPS, DR, SNDR) estimate the mean immediate reward the policy would "
-        "earn on the logged decisions; their truth replays the logging simulation and scores the policy's actions on the "
-        "users' hidden state. Episode estimators (PDIS, WIS, WDR) estimate the return per user-day; their truth is the "
-        "ground-truth evaluation above.</p>"
+        "<p>Per-decision estimators (DM, IPS, SNIPS, DR, SNDR) estimate the mean immediate reward the policy "
+        "would earn on the logged decisions; their truth replays the logging simulation and scores the policy's "
+        "actions on the users' hidden state. Episode estimators (PDIS, WIS, WDR) estimate the return per "
+        "user-day; their truth is the ground-truth evaluation above.</p>"
     )
     return note + _table(
         ["policy", "estimator", "scope", "estimate", "95% CI", "true value", "rel. error", "CI covers", "ESS"], rows
