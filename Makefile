@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/adrl quickstart --out runs/quickstart
+	$(BIN)/adrl quickstart --out runs/quickstart --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,41 +20,27 @@ import numpy as np
 
 from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
 from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
+from adrl.envs.wrappers import PREFERRED_CATEGORY, StateDiscretizer
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
 
-class StateDiscretizer:
-    """Observation -> state index: segment × preferred category × hour bin × hours since last ad × recent ads."""
-
-    def __init__(self, layout: FeatureLayout, *, hour_bin: int = 2, max_gap: int = 5, max_recent: int = 3) -> None:
-        if not (1 <= hour_bin <= HOURS_PER_DAY and HOURS_PER_DAY % hour_bin == 0):
-            raise ValueError(f"hour_bin must divide 24, got {hour_bin}")
-        if max_gap < 1 or max_recent < 1:
-            raise ValueError(f"max_gap and max_recent must be >= 1, got {max_gap}, {max_recent}")
-        self.layout = layout
-        self.hour_bin, self.max_gap, self.max_recent = hour_bin, max_gap, max_recent
-        k = len(layout.categories)
-        self._signal = slice(1, 1 + k)
-        self._hour = layout.index("hour")
-        self._since = layout.index("hours_since_last_ad")
-        self._recent = layout.index("impressions_6h")
-        self.sizes = (len(layout.segments), k, HOURS_PER_DAY // hour_bin, max_gap, max_recent + 1)
-        self.n_states = int(np.prod(self.sizes))
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """State index of each observation, shape (n,)."""
-        seg = obs[:, 0].astype(np.int64)
-        pref = obs[:, self._signal].argmax(axis=1)
-        hour = obs[:, self._hour].astype(np.int64) // self.hour_bin
-        gap = np.clip(obs[:, self._since].astype(np.int64), 1, self.max_gap) - 1
-        recent = np.minimum(obs[:, self._recent].astype(np.int64), self.max_recent)
-        return np.ravel_multi_index((seg, pref, hour, gap, recent), self.sizes)
-
-    def config(self) -> dict[str, int]:
-        return {"hour_bin": self.hour_bin, "max_gap": self.max_gap, "max_recent": self.max_recent}
+def state_bins(hour_bin: int, max_gap: int, max_recent: int) -> dict[str, tuple[float, ...] | None]:
+    """The agent's state: segment × preferred category × hour bin × hours since the last ad × ads in the last 6 h."""
+    if not (1 <= hour_bin <= HOURS_PER_DAY and HOURS_PER_DAY % hour_bin == 0):
+        raise ValueError(f"hour_bin must divide 24, got {hour_bin}")
+    if max_gap < 1 or max_recent < 1:
+        raise ValueError(f"max_gap and max_recent must be >= 1, got {max_gap}, {max_recent}")
+    return {
+        "segment": None,
+        PREFERRED_CATEGORY: None,
+        # an edge above every value makes a single bin
+        "hour": tuple(float(h) for h in range(hour_bin, HOURS_PER_DAY, hour_bin)) or (float(HOURS_PER_DAY),),
+        "hours_since_last_ad": tuple(float(g) for g in range(2, max_gap + 1)) or (float(HOURS_PER_DAY + 1),),
+        "impressions_6h": tuple(float(k) for k in range(1, max_recent + 1)),
+    }
 
 
 @dataclass(frozen=True)
@@ -95,9 +81,8 @@ class TabularQAgent:
         self.scenario = scenario
         self.config = config or QLearningConfig()
         self.layout = FeatureLayout.from_scenario(scenario)
-        self.discretizer = StateDiscretizer(
-            self.layout, hour_bin=self.config.hour_bin, max_gap=self.config.max_gap, max_recent=self.config.max_recent
-        )
+        c = self.config
+        self.discretizer = StateDiscretizer(self.layout, state_bins(c.hour_bin, c.max_gap, c.max_recent))
         self.nvec = scenario.action_nvec
         self.obs_dim = self.layout.obs_dim
         self.n_actions = scenario.n_actions
@@ -113,11 +98,11 @@ class TabularQAgent:
 
     def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
         x = check_obs(obs, self.obs_dim)
-        return unflatten(self.greedy_actions(self.discretizer(x)), self.nvec)
+        return unflatten(self.greedy_actions(self.discretizer.discretize(x)), self.nvec)
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         x = check_obs(obs, self.obs_dim)
-        return one_hot(self.greedy_actions(self.discretizer(x)), self.n_actions)
+        return one_hot(self.greedy_actions(self.discretizer.discretize(x)), self.n_actions)
 
     def epsilon_at(self, step: int, total_steps: int) -> float:
         c = self.config
@@ -134,7 +119,7 @@ class TabularQAgent:
         n = int(env.num_envs)
         next_step = next_step_autoreset(env)
         obs, _ = env.reset(seed=seed if seed is not None else int(self.rng.integers(2**31)))
-        state = self.discretizer(obs)
+        state = self.discretizer.discretize(obs)
         valid = np.ones(n, dtype=bool)
         tracker = EpisodeTracker(n)
         next_log = self.steps_done + c.log_every
@@ -145,7 +130,7 @@ class TabularQAgent:
             explore = self.rng.random((n,)) < eps
             action[explore] = self.rng.integers(0, self.n_actions, size=int(explore.sum()))
             next_obs, reward, terminated, truncated, _ = env.step(unflatten(action, self.nvec))
-            next_state = self.discretizer(next_obs)
+            next_state = self.discretizer.discretize(next_obs)
             done = terminated | truncated
             s, a = state[valid], action[valid]
             if s.size:

@@ -79,14 +79,16 @@ DEFAULT_BINS: dict[str, Sequence[float] | None] = {
     "hours_since_last_ad": (2, 3, 5, 9, 24),  # 1 | 2 | 3-4 | 5-8 | 9-23 | none today
     "impressions_6h": (1, 2, 4),  # 0 | 1 | 2-3 | 4+
 }
+PREFERRED_CATEGORY = "preferred_category"  # derived: the category with the strongest interest signal
 
 
 class StateDiscretizer:
     """Maps observations to integer states: a mixed-radix index over binned features.
 
     Each feature in ``bins`` is binned by ``np.digitize(value, edges)`` (``len(edges) + 1`` bins), or, with edges
-    None, is a categorical feature with one bin per value. The default (segment × hour × time since the last ad ×
-    impressions in the last 6 h) has 4 · 24 · 6 · 4 = 2304 states in the default scenario.
+    None, is a categorical feature with one bin per value. The derived feature ``preferred_category`` (edges None)
+    is the category whose ``signal_<category>`` is highest, one bin per category. The default (segment × hour ×
+    time since the last ad × impressions in the last 6 h) has 4 · 24 · 6 · 4 = 2304 states in the default scenario.
 
     Args:
         layout: the feature layout of the observations.
@@ -108,7 +110,15 @@ class StateDiscretizer:
         self._columns: list[int] = []
         self._edges: list[np.ndarray | None] = []
         sizes = []
+        self._signals = np.array([layout.index(f"signal_{c}") for c in layout.categories], dtype=np.int64)
         for name, edges in bins.items():
+            if name == PREFERRED_CATEGORY:
+                if edges is not None:
+                    raise ConfigError(f"bins: {PREFERRED_CATEGORY!r} is derived and categorical; give None as edges")
+                self._edges.append(None)
+                sizes.append(len(layout.categories))
+                self._columns.append(-1)
+                continue
             if name not in layout.obs_names:
                 raise ConfigError(f"bins: unknown observation feature {name!r}; expected one of {layout.obs_names}")
             feature = layout.obs[layout.index(name)]
@@ -137,6 +147,10 @@ class StateDiscretizer:
             raise ValueError(f"observations must have shape (n, {self.layout.obs_dim}), got {x.shape}")
         state = np.zeros(x2.shape[0], dtype=np.int64)
         for col, edges, size, radix in zip(self._columns, self._edges, self.sizes, self._radix, strict=True):
+            if col < 0:  # preferred_category
+                b = x2[:, self._signals].argmax(axis=1)
+                state += b * radix
+                continue
             v = x2[:, col]
             b = np.clip(v, 0, size - 1).astype(np.int64) if edges is None else np.digitize(v, edges)
             state += b * radix

@@ -100,7 +100,9 @@ def test_sampling_frequencies_match_action_probabilities(stochastic: str) -> Non
         policy = EpsilonGreedyPolicy(PacingPolicy(TINY, 3), 0.4, seed=2)
     obs = np.repeat(observations(TINY, n=1, seed=4)[:1], 40_000, axis=0)
     probs = policy.action_probabilities(obs[:1])[0]
-    counts = np.bincount(flat_index(policy.predict(obs, deterministic=False), TINY.action_nvec), minlength=TINY.n_actions)
+    counts = np.bincount(
+        flat_index(policy.predict(obs, deterministic=False), TINY.action_nvec), minlength=TINY.n_actions
+    )
     freq = counts / len(obs)
     assert np.abs(freq - probs).max() < 4 * np.sqrt(probs.max() * (1 - probs.max()) / len(obs)) + 1e-3
 

@@ -71,7 +71,7 @@ def run_obd(
     n_sim: int,
 ) -> dict[str, Any]:
     """Evaluate ``policy`` ("bts" or "random") from ``logging_policy``'s OBD logs; compare with its own logs."""
-    from adrl.ope.obd import POLICIES, bts_action_dist, context_free_probs, obd_file, read_bts_prior, read_obd
+    from adrl.ope.obd import POLICIES, bts_action_dist, context_free_probs, read_bts_prior, read_obd
 
     if policy not in POLICIES:
         raise ConfigError(f"with --format obd, --policy must be one of {POLICIES}, got {policy!r}")
@@ -100,8 +100,8 @@ def run_obd(
         "alpha": alpha,
         **result.as_dict(),
     }
-    own = obd_file(logs, policy, campaign)
-    if own.is_file():
+    own = Path(logs) / policy / campaign / f"{campaign}.csv"  # the policy's own logs, when given the dataset root
+    if Path(logs).is_dir() and own.is_file():
         truth = read_obd(logs, policy, campaign).on_policy_value
         out["on_policy_value"] = truth
         for name, e in result.estimates.items():

@@ -24,12 +24,11 @@ import pandas as pd
 import yaml
 
 from adrl.errors import DataError
+from adrl.obd import read_obd as read_obd_data
 from adrl.ope.data import LoggedData
 
-CAMPAIGNS = ("all", "men", "women")
 POLICIES = ("random", "bts")
 LEN_LIST = 3
-N_USER_FEATURES = 4
 
 
 @dataclass(frozen=True)
@@ -46,57 +45,35 @@ class OBDLogs:
         return float(self.data.reward.mean())
 
 
-def obd_file(data_dir: Path | str, behavior_policy: str, campaign: str) -> Path:
-    if behavior_policy not in POLICIES:
-        raise DataError(f"behavior policy must be one of {POLICIES}, got {behavior_policy!r}")
-    if campaign not in CAMPAIGNS:
-        raise DataError(f"campaign must be one of {CAMPAIGNS}, got {campaign!r}")
-    return Path(data_dir) / behavior_policy / campaign / f"{campaign}.csv"
-
-
 def read_obd(data_dir: Path | str, behavior_policy: str = "random", campaign: str = "all") -> OBDLogs:
-    """Read ``<data_dir>/<behavior_policy>/<campaign>/<campaign>.csv`` as logged decisions.
+    """Read one (policy, campaign) of OBD as logged decisions (parsing and validation: :func:`adrl.obd.read_obd`).
+
+    Observation columns: the user features as category codes, the user-item affinities, then the position.
 
     Raises:
-        DataError: missing file or columns, a position outside 1..3, or invalid propensities (naming the row).
+        DataError: missing file or columns, bad positions, or invalid propensities (naming the row).
     """
-    path = obd_file(data_dir, behavior_policy, campaign)
-    if not path.is_file():
-        raise DataError(f"OBD file {path} does not exist; expected the Open Bandit Dataset layout under {data_dir}")
-    try:
-        df = pd.read_csv(path, index_col=0)
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise DataError(f"{path}: not a readable CSV ({e})") from e
-    need = ["item_id", "position", "click", "propensity_score"] + [f"user_feature_{i}" for i in range(4)]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
-    affinity = [c for c in df.columns if c.startswith("user-item_affinity_")]
-    n_items = len(affinity) or int(df["item_id"].max()) + 1
-    codes = np.column_stack([pd.factorize(df[f"user_feature_{i}"])[0] for i in range(N_USER_FEATURES)])
-    position = df["position"].to_numpy(dtype=np.int64) - 1
-    bad = (position < 0) | (position >= LEN_LIST)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: position must be 1..{LEN_LIST}, got {int(position[i]) + 1} at row {i}")
-    obs = np.column_stack([codes, df[affinity].to_numpy(dtype=np.float64), position]).astype(np.float32)
-    n = len(df)
-    categorical = tuple((i, int(codes[:, i].max()) + 1) for i in range(N_USER_FEATURES))
+    raw = read_obd_data(data_dir, behavior_policy, campaign)
+    names = raw.user_feature_names
+    codes = np.column_stack([pd.factorize(raw.frame[c])[0] for c in names]) if names else np.zeros((raw.n_rounds, 0))
+    n_positions = len(raw.positions)
+    obs = np.column_stack([codes, raw.affinity(), raw.position]).astype(np.float32)
+    n = raw.n_rounds
+    categorical = tuple((i, int(codes[:, i].max()) + 1) for i in range(codes.shape[1]))
     position_col = obs.shape[1] - 1
-    item_features = np.eye(n_items)
     data = LoggedData(
         obs=obs,
-        action=df["item_id"].to_numpy(dtype=np.int64),
-        propensity=df["propensity_score"].to_numpy(dtype=np.float64),
-        reward=df["click"].to_numpy(dtype=np.float64),
+        action=raw.action,
+        propensity=raw.pscore,
+        reward=raw.reward.astype(np.float64),
         episode_id=np.arange(n, dtype=np.int64),
         step=np.zeros(n, dtype=np.int64),
-        n_actions=n_items,
-        categorical=(*categorical, (position_col, LEN_LIST)),
-        action_features=item_features,
-        source=str(path),
+        n_actions=raw.n_items,
+        categorical=(*categorical, (position_col, n_positions)),
+        action_features=np.eye(raw.n_items),
+        source=str(raw.source),
     )
-    return OBDLogs(data=data, n_items=n_items, position_col=position_col)
+    return OBDLogs(data=data, n_items=raw.n_items, position_col=position_col)
 
 
 def read_bts_prior(data_dir: Path | str, campaign: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,68 @@
+"""`adrl quickstart --fast` runs end to end and leaves a loadable policy and a complete report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import adrl
+from adrl.cli import app
+from adrl.report import SECTIONS
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("qs") / "quickstart"
+    result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return out, " ".join(result.output.split())
+
+
+def test_quickstart_prints_the_table_and_next_commands(quickstart: tuple[Path, str]) -> None:
+    _, text = quickstart
+    for name in ("q_learning", "reinforce", "greedy", "pacing", "random"):
+        assert name in text
+    assert "adrl serve --policy" in text and "adrl.load_policy(" in text and "report:" in text
+
+
+def test_best_policy_loads_and_decides(quickstart: tuple[Path, str]) -> None:
+    out, _ = quickstart
+    policy = adrl.load_policy(out / "best_policy")
+    decision = policy.decide(user={"segment": "commuter"}, context={"hour": 8})
+    assert 0 < decision.propensity <= 1
+    assert decision.action.slot in [s.name for s in adrl.Scenario().slots]
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["best"] in summary["policies"]
+    best_return = summary["policies"][summary["best"]]["mean_return"]
+    assert best_return == max(p["mean_return"] for p in summary["policies"].values())
+
+
+def test_report_is_self_contained_and_has_every_section(quickstart: tuple[Path, str]) -> None:
+    out, _ = quickstart
+    page = (out / "report.html").read_text()
+    for key, title in SECTIONS:
+        assert f'id="{key}"' in page and title in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5  # calibration, curves, policies, best (x1)
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched or run
+    for name in ("q_learning", "reinforce", "greedy", "pacing", "random", "dr", "wdr"):
+        assert f"<td>{name}</td>" in page
+
+
+def test_quickstart_refuses_to_overwrite_without_force(quickstart: tuple[Path, str]) -> None:
+    out, _ = quickstart
+    before = (out / "report.html").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out)])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "report.html").stat().st_mtime_ns == before
+
+
+def test_force_never_deletes_a_directory_that_is_not_a_quickstart(tmp_path: Path) -> None:
+    keep = tmp_path / "precious.txt"
+    keep.write_text("data")
+    result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(tmp_path), "--force"])
+    assert result.exit_code == 2 and "not a quickstart directory" in result.output
+    assert keep.read_text() == "data"
