@@ -19,7 +19,7 @@ from typing import Any, Self
 import numpy as np
 
 from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
-from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
@@ -162,10 +162,7 @@ class LinUCBAgent:
     def load(cls, path: Path | str) -> LinUCBAgent:
         path = Path(path)
         manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        try:
-            config = LinUCBConfig(**manifest["config"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"{path}/manifest.json: invalid agent config ({e})") from e
+        config = agent_config(LinUCBConfig, manifest, path)
         agent = cls(scenario, config, seed=manifest.get("seed"))
         d = agent.phi.dim
         agent.A = load_npy(path / "A.npy", shape=(d, d)).astype(np.float64)

@@ -19,7 +19,7 @@ from typing import Any, Self
 import numpy as np
 
 from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
-from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.envs.wrappers import PREFERRED_CATEGORY, StateDiscretizer
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
@@ -183,10 +183,7 @@ class TabularQAgent:
     def load(cls, path: Path | str) -> TabularQAgent:
         path = Path(path)
         manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        try:
-            config = QLearningConfig(**manifest["config"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"{path}/manifest.json: invalid agent config ({e})") from e
+        config = agent_config(QLearningConfig, manifest, path)
         agent = cls(scenario, config, seed=manifest.get("seed"))
         shape = (agent.discretizer.n_states, agent.n_actions)
         if manifest.get("n_states") != shape[0]:

@@ -77,6 +77,14 @@ def read_policy_manifest(
     return manifest, scenario
 
 
+def agent_config(config_cls: Any, manifest: dict[str, Any], path: Path | str) -> Any:
+    """``config_cls(**manifest["config"])``, or an ``ArtifactError`` naming the artifact when it does not validate."""
+    try:
+        return config_cls(**manifest["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{Path(path) / MANIFEST}: invalid agent config ({e})") from e
+
+
 def load_policy_artifact(path: Path | str, *, expect_layout: FeatureLayout | None = None) -> Any:
     """Load any registered policy kind from ``path``; refuse it if ``expect_layout`` differs from its layout."""
     path = Path(path)

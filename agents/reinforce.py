@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs, sample_from
-from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
@@ -206,10 +206,7 @@ class ReinforceAgent:
     def load(cls, path: Path | str) -> ReinforceAgent:
         path = Path(path)
         manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        try:
-            config = ReinforceConfig(**manifest["config"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"{path}/manifest.json: invalid agent config ({e})") from e
+        config = agent_config(ReinforceConfig, manifest, path)
         agent = cls(scenario, config, seed=manifest.get("seed"))
         if manifest.get("features_dim") != agent.features.dim:
             raise ArtifactError(f"{path}: network input size {manifest.get('features_dim')} != {agent.features.dim}")

@@ -51,6 +51,7 @@ class FastPredictor:
         self.obs_dim = layout.obs_dim
         self.n_creatives, self.n_slots, self.n_delays = len(layout.creatives), len(layout.slots), len(layout.delays)
         self.category_of = encoder.category_of
+        self.encoder = encoder  # caps count features before anything is computed from them
         self.delay_hours = np.asarray(layout.delays, dtype=np.float32)
         self.hour_col = layout.index("hour")
         self.since_col = layout.index("hours_since_last_ad")
@@ -98,6 +99,7 @@ class FastPredictor:
 
     def logits(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """(n, 3) click, cvr and leave logits; ``obs`` float32 (n, obs_dim), ``action`` int (n, 3), both checked."""
+        obs = self.encoder.cap(obs)
         n = obs.shape[0]
         d, s, c = action[:, 0], action[:, 1], action[:, 2]
         rows = np.arange(n)

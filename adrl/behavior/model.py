@@ -28,7 +28,8 @@ from adrl.features import Feature, FeatureLayout
 from adrl.io import atomic_path, read_manifest, write_json_atomic
 
 KIND = "behavior-model"
-VERSION = 1
+VERSION = 2  # 2: model.json records the count-feature caps ("input_caps"); version 1 (no caps) still loads
+READABLE_VERSIONS = (1, 2)
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 DataFormat = Literal["adrl", "obd"]
@@ -74,6 +75,7 @@ class BehaviorModel:
         scenario: the scenario as a JSON mapping, when known (lets ``LearnedResponse.load`` work without one).
         metrics, training, extra: JSON-able provenance (validation metrics, fit settings, format-specific data).
         extra_arrays: named float arrays saved beside the weights (e.g. the user profiler's centroids).
+        input_caps: upper bounds of count features (adrl format; see ``adrl.behavior.inputs.count_caps``).
     """
 
     kind = KIND
@@ -93,6 +95,7 @@ class BehaviorModel:
         training: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         extra_arrays: dict[str, np.ndarray] | None = None,
+        input_caps: dict[str, float] | None = None,
     ) -> None:
         if not heads[0]:
             raise ValueError("the click head must be enabled (the conversion head is pCTR x pCVR)")
@@ -110,7 +113,9 @@ class BehaviorModel:
         if data_format == "adrl":
             if layout is None or category_of is None:
                 raise ValueError("an adrl-format model needs its feature layout and the creative -> category map")
-            self.encoder = AdrlEncoder(layout, category_of)
+            self.encoder = AdrlEncoder(layout, category_of, input_caps)
+        elif input_caps:
+            raise ValueError("input caps apply to adrl-format models only")
         self._fast: FastPredictor | None = None
 
     # ---- identity ------------------------------------------------------------------------------------------
@@ -186,6 +191,7 @@ class BehaviorModel:
             "layout_hash": self.layout_hash,
             "layout": self.layout.to_dict() if self.layout is not None else None,
             "category_of": self.encoder.category_of.tolist() if self.encoder is not None else None,
+            "input_caps": self.encoder.caps if self.encoder is not None else None,
             "scenario_hash": self.scenario_hash,
             "scenario": self.scenario,
             "metrics": self.metrics,
@@ -200,8 +206,13 @@ class BehaviorModel:
     def load(cls, path: Path | str, *, layout: FeatureLayout | None = None) -> BehaviorModel:
         """Load and verify an artifact; with ``layout``, refuse a model built for another one (FeatureMismatch)."""
         path = Path(path)
-        manifest = read_manifest(path, kind=KIND, version=VERSION, name=MODEL_JSON)
+        manifest = read_manifest(path, kind=KIND, name=MODEL_JSON)
         src = str(path / MODEL_JSON)
+        version = manifest.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ArtifactError(
+                f"{src}: format version is {version!r}, this adrl reads versions {list(READABLE_VERSIONS)}"
+            )
         weights = path / WEIGHTS
         if not weights.is_file():
             raise ArtifactError(f"weights file {weights} does not exist; model.json alone is not a model")
@@ -239,6 +250,7 @@ class BehaviorModel:
             raise ArtifactError(f"{src}: format is {fmt!r}, expected 'adrl' or 'obd'")
         stored_layout: FeatureLayout | None = None
         category_of = None
+        input_caps: dict[str, float] | None = None
         if fmt == "adrl":
             stored_layout = layout_from_dict(_field(manifest, "layout", dict, src), source=src)
             if stored_layout.hash != manifest.get("layout_hash"):
@@ -247,6 +259,8 @@ class BehaviorModel:
                     f"(which hashes to {stored_layout.hash!r}); was the file edited?"
                 )
             category_of = np.asarray(_field(manifest, "category_of", list, src), dtype=np.int64)
+            if version >= 2:
+                input_caps = _field(manifest, "input_caps", dict, src)
             if AdrlEncoder(stored_layout, category_of).spec != spec:
                 raise ArtifactError(f"{src}: 'inputs' do not match what the stored layout encodes")
         if layout is not None and (stored_layout is None or stored_layout.hash != layout.hash):
@@ -268,6 +282,7 @@ class BehaviorModel:
             training=manifest.get("training"),
             extra=manifest.get("extra"),
             extra_arrays=extra_arrays,
+            input_caps=input_caps,
         )
 
 

@@ -28,7 +28,7 @@ from scipy import sparse
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec
+from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec, count_caps
 from adrl.behavior.metrics import HeadMetrics, head_metrics
 from adrl.behavior.model import BehaviorModel
 from adrl.behavior.net import BehaviorNet, multitask_loss
@@ -66,6 +66,9 @@ class FitConfig:
     clusters: int = 8
     # torch threads while fitting: small nets gain little from more, and lose a lot when the cores are oversubscribed
     threads: int = 1
+    # count features are capped at this quantile of the training rows (adrl logs; None: no caps), so the model
+    # never extrapolates a count past what the logs cover (see adrl.behavior.inputs.count_caps)
+    input_cap_quantile: float | None = 0.999
 
     def __post_init__(self) -> None:
         positive: tuple[str, ...] = (
@@ -88,6 +91,9 @@ class FitConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        q = self.input_cap_quantile
+        if q is not None and not (isinstance(q, int | float) and 0.0 < q <= 1.0):
+            raise ConfigError(f"input_cap_quantile must be in (0, 1] or None, got {q!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must list one or more layer widths >= 1, got {list(self.hidden)}")
 
@@ -230,6 +236,19 @@ class AdrlLogSource:
         self.columns = ["user_id", "step", "delay", "slot", "creative", "shown", "click", "conversion", "leave"]
         self.columns += self.feature_cols + ([n for n, _, _ in TRUTH_COLUMNS] if truth else [])
 
+    def training_observations(self) -> Iterator[np.ndarray]:
+        """Observations (n, obs_dim) of the shown rows of training users, chunk by chunk."""
+        for df in self.frames():
+            df = df[df["shown"].to_numpy(dtype=bool)]
+            train = unit_hash(df["user_id"].to_numpy(dtype=np.int64)) >= self.cfg.validation_fraction
+            yield df.loc[train, self.feature_cols].to_numpy(dtype=np.float32)
+
+    def cap_inputs(self, quantile: float) -> dict[str, float]:
+        """Set the encoder's count caps to ``quantile`` of the training rows (one extra pass) and return them."""
+        caps = count_caps(self.layout, self.training_observations(), quantile)
+        self.encoder = AdrlEncoder(self.layout, self.category_of, caps)
+        return caps
+
     def frames(self) -> Iterator[pd.DataFrame]:
         for df in iter_batches(self.path, columns=self.columns, batch_size=self.cfg.read_rows):
             check_values(df, str(self.path))
@@ -349,6 +368,11 @@ def fit_adrl(
     start = time.perf_counter()
     rng, torch_seed = _seed(cfg.seed)
     source = AdrlLogSource(logs, scenario, cfg)
+    if cfg.input_cap_quantile is not None:
+        try:
+            source.cap_inputs(cfg.input_cap_quantile)
+        except ValueError:  # no shown training rows: _scan names the problem
+            pass
     scan, val, base, n_val_all = _scan(source, cfg)
     assert scan.dense_sum is not None and scan.dense_sq is not None and scan.label_sum is not None
     mean = scan.dense_sum / scan.n_train
@@ -371,6 +395,7 @@ def fit_adrl(
         category_of=source.category_of,
         scenario=scenario.model_dump(mode="json"),
         scenario_hash=scenario.content_hash,
+        input_caps=source.encoder.caps,
     )
     report = FitReport(
         model=model,
