@@ -48,7 +48,7 @@ FAST = FitConfig(
 @pytest.fixture(scope="module")
 def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("behavior") / "logs.parquet"
-    simulate(Scenario(), n_users=2500, out=out, seed=11, progress=False)
+    simulate(Scenario(), n_users=4000, out=out, seed=11, progress=False)
     return out
 
 
