@@ -45,6 +45,10 @@ def write_fixture(root: Path, *, n_items: int = 5, n: int = 3000, seed: int = 0)
         folder = root / policy / "men"
         folder.mkdir(parents=True, exist_ok=True)
         df.to_csv(folder / "men.csv")
+        items = pd.DataFrame({"item_id": range(n_items), "item_feature_0": rng.random(n_items)})
+        for k in (1, 2, 3):
+            items[f"item_feature_{k}"] = rng.choice(["x" * 32, "y" * 32], n_items)
+        items.to_csv(folder / "item_context.csv")  # OBD ships item features beside each log
     return dist, ctr[:, None] * pos_factor[None, :]
 
 
@@ -75,7 +79,7 @@ def test_standard_experiment_on_generated_fixture(tmp_path):
 
 def test_obd_reader_errors_name_the_problem(tmp_path):
     write_fixture(tmp_path, n=50)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="no OBD data at .*random/women/women.csv"):
         read_obd(tmp_path, "random", "women")
     with pytest.raises(DataError, match="campaign must be one of"):
         read_obd(tmp_path, "random", "kids")
@@ -85,7 +89,7 @@ def test_obd_reader_errors_name_the_problem(tmp_path):
     df = pd.read_csv(path, index_col=0)
     df.loc[3, "propensity_score"] = 0.0
     df.to_csv(path)
-    with pytest.raises(DataError, match="propensity must be in \\(0, 1\\], got 0 at row 3"):
+    with pytest.raises(DataError, match=r"propensity_score must be in \(0, 1\], got 0 at row 3"):
         read_obd(tmp_path, "random", "men")
 
 
