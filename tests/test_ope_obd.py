@@ -79,7 +79,7 @@ def test_standard_experiment_on_generated_fixture(tmp_path):
 
 def test_obd_reader_errors_name_the_problem(tmp_path):
     write_fixture(tmp_path, n=50)
-    with pytest.raises(DataError, match="no OBD data at .*random/women/women.csv"):
+    with pytest.raises(DataError, match=r"no OBD data at .*random/women/women.csv"):
         read_obd(tmp_path, "random", "women")
     with pytest.raises(DataError, match="campaign must be one of"):
         read_obd(tmp_path, "random", "kids")
