@@ -97,7 +97,7 @@ def _scenario(r: QuickstartResult) -> str:
         ["slot", "attention", "annoyance", "cost"],
         [[html.escape(s.name), f"{s.attention:g}", f"{s.annoyance:g}", f"{s.cost:g}"] for s in sc.slots],
     )
-    return f"{cards}{seg}{slots}<p class=muted>scenario hash {sc.content_hash}</p>"
+    return f'<div class="cards">{cards}</div>{seg}{slots}<p class=muted>scenario hash {sc.content_hash}</p>'
 
 
 def _logs(r: QuickstartResult) -> str:
