@@ -27,10 +27,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from adrl.agents.base import sample_from
 from adrl.agents.registry import MANIFEST, load_policy_artifact, read_policy_manifest
@@ -74,72 +75,97 @@ def _jsonable(value: Any) -> Any:
     return _short(value)
 
 
-# ---- request models (also the HTTP API's schema) --------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
-
+# ---- request schema (also the HTTP API's) -------------------------------------------------------------------
+# TypedDicts rather than models: pydantic-core validates them in Rust into plain dicts, about 1.5x faster than
+# building nested model instances, and the encoder reads dicts directly. Same rules: strict types, unknown fields
+# rejected, NaN/inf rejected, bounds checked, every error naming its field.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 Signal = Annotated[float, Field(ge=-SIGNAL_BOUND, le=SIGNAL_BOUND)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
-class UserFeatures(_Strict):
+@with_config(_STRICT)
+class UserFeatures(TypedDict):
     """Who the decision is for."""
 
-    id: str | None = Field(None, min_length=1, max_length=256, description="your user id; logs keep a keyed hash")
-    segment: str | int = Field(description="segment name (or its index in the scenario)")
-    signals: dict[str, Signal] = Field(
-        default_factory=dict,
-        description=f"observed interest signal per category, in [-{SIGNAL_BOUND:g}, {SIGNAL_BOUND:g}]; missing: 0",
-    )
+    id: NotRequired[
+        Annotated[str | None, Field(min_length=1, max_length=256, description="your user id; logs keep a keyed hash")]
+    ]
+    segment: Annotated[str | int, Field(description="segment name (or its index in the scenario)")]
+    signals: NotRequired[
+        Annotated[
+            dict[str, Signal],
+            Field(
+                description=f"observed interest signal per category, in [-{SIGNAL_BOUND:g}, {SIGNAL_BOUND:g}]; "
+                "missing: 0"
+            ),
+        ]
+    ]
 
 
-class DecisionContext(_Strict):
+@with_config(_STRICT)
+class DecisionContext(TypedDict):
     """When the decision is made."""
 
-    hour: int = Field(ge=0, le=HOURS_PER_DAY - 1, description="hour of day, 0..23")
-    day_progress: float | None = Field(
-        None, ge=0, le=1, description="fraction of the decision day elapsed; default: from hour, start hour, horizon"
-    )
+    hour: Annotated[int, Field(ge=0, le=HOURS_PER_DAY - 1, description="hour of day, 0..23")]
+    day_progress: NotRequired[
+        Annotated[
+            float | None,
+            Field(
+                ge=0, le=1, description="fraction of the decision day elapsed; default: from hour, start hour, horizon"
+            ),
+        ]
+    ]
 
 
-class History(_Strict):
+@with_config(_STRICT)
+class History(TypedDict, total=False):
     """What the user saw and did today; every field defaults to 'nothing yet'."""
 
-    impressions_1h: Count = 0
-    impressions_6h: Count = 0
-    impressions_24h: Count = 0
-    hours_since_last_ad: float | None = Field(
-        None, ge=0, le=1e6, description="hours since the last ad; null: none today (encoded as 24)"
-    )
-    clicks_today: Count = 0
-    conversions_today: Count = 0
-    slot_counts: dict[str, Count] = Field(default_factory=dict, description="impressions today per slot name")
-    creative_counts: dict[str, Count] = Field(default_factory=dict, description="impressions today per creative name")
+    impressions_1h: Count
+    impressions_6h: Count
+    impressions_24h: Count
+    hours_since_last_ad: Annotated[
+        float | None, Field(ge=0, le=1e6, description="hours since the last ad; null: none today (encoded as 24)")
+    ]
+    clicks_today: Count
+    conversions_today: Count
+    slot_counts: Annotated[dict[str, Count], Field(description="impressions today per slot name")]
+    creative_counts: Annotated[dict[str, Count], Field(description="impressions today per creative name")]
 
 
-class DecisionRequest(_Strict):
+@with_config(_STRICT)
+class DecisionRequest(TypedDict, total=False):
     """One decision: user + context (+ history), or a raw observation vector ``obs``."""
 
-    episode_id: str | int | None = Field(
-        None, description="the user's episode (e.g. user-day session) id; default: the user id, else a new episode"
-    )
-    step: int | None = Field(None, ge=0, le=MAX_COUNT, description="step within the episode; default: counted")
-    user: UserFeatures | None = None
-    context: DecisionContext | None = None
-    history: History | None = None
-    obs: list[float] | None = Field(None, max_length=10_000, description="raw observation (obs_dim values)")
+    episode_id: Annotated[
+        str | int | None,
+        Field(description="the user's episode (e.g. user-day session) id; default: the user id, else a new episode"),
+    ]
+    step: Annotated[int | None, Field(ge=0, le=MAX_COUNT, description="step within the episode; default: counted")]
+    user: UserFeatures | None
+    context: DecisionContext | None
+    history: History | None
+    obs: Annotated[list[float] | None, Field(max_length=10_000, description="raw observation (obs_dim values)")]
 
-    @model_validator(mode="after")
-    def _one_form(self) -> DecisionRequest:
-        if self.obs is not None:
-            if self.user is not None or self.context is not None or self.history is not None:
-                raise ValueError("give either obs or user/context/history, not both")
-        elif self.user is None or self.context is None:
-            raise ValueError("user and context are required (or a raw obs vector)")
-        if isinstance(self.episode_id, str) and not 1 <= len(self.episode_id) <= 256:
-            raise ValueError(f"episode_id must have 1..256 characters, got {len(self.episode_id)}")
-        return self
+
+def _one_form(req: DecisionRequest) -> DecisionRequest:
+    """Cross-field rules of a request (run by the validator, so errors carry the request's location)."""
+    if req.get("obs") is not None:
+        if req.get("user") is not None or req.get("context") is not None or req.get("history") is not None:
+            raise ValueError("give either obs or user/context/history, not both")
+    elif req.get("user") is None or req.get("context") is None:
+        raise ValueError("user and context are required (or a raw obs vector)")
+    ep = req.get("episode_id")
+    if isinstance(ep, str) and not 1 <= len(ep) <= 256:
+        raise ValueError(f"episode_id must have 1..256 characters, got {len(ep)}")
+    return req
+
+
+CheckedRequest = Annotated[DecisionRequest, AfterValidator(_one_form)]
+REQUEST_ADAPTER: TypeAdapter[DecisionRequest] = TypeAdapter(CheckedRequest)
+REQUESTS_ADAPTER: TypeAdapter[list[DecisionRequest]] = TypeAdapter(list[CheckedRequest])
 
 
 def validation_errors(e: ValidationError) -> list[dict[str, Any]]:
@@ -202,15 +228,21 @@ class RequestEncoder:
             progress = min(epoch, layout.horizon) / layout.horizon
             self._hour_rows[h] = (h, np.sin(angle), np.cos(angle), progress)
         self._categorical = np.array([f.kind == "categorical" for f in layout.obs])
+        # segment by name or index, for the batch encoder's single lookup (strict validation rules out bools)
+        self._segment_table: dict[str | int, int] = {i: i for i in range(len(layout.segments))}
+        self._segment_table.update(self._segments)
+        self._dense_cols = [0, *self._windows, self._since, self._clicks, self._conversions]
 
     def encode(self, req: DecisionRequest, loc: Sequence[str | int] = ()) -> np.ndarray:
         """Observation of a validated request; raises :class:`InvalidRequest` naming the field."""
-        if req.obs is not None:
-            return self.check_obs(req.obs, [*loc, "obs"])
-        assert req.user is not None and req.context is not None  # guaranteed by DecisionRequest._one_form
+        obs = req.get("obs")
+        if obs is not None:
+            return self.check_obs(obs, [*loc, "obs"])
+        user, ctx = req.get("user"), req.get("context")
+        assert user is not None and ctx is not None  # guaranteed by _one_form
+        hist: History = req.get("history") or {}
         x = np.zeros(self.layout.obs_dim, dtype=np.float32)
-        user, ctx, hist = req.user, req.context, req.history or _EMPTY_HISTORY
-        seg = user.segment
+        seg = user["segment"]
         if isinstance(seg, str):
             if seg not in self._segments:
                 raise InvalidRequest.at(
@@ -223,35 +255,36 @@ class RequestEncoder:
                     [*loc, "user", "segment"], f"segment index out of range; expected 0..{len(self._segments) - 1}", seg
                 )
             x[0] = seg
-        for cat, value in user.signals.items():
+        for cat, value in (user.get("signals") or {}).items():
             j = self._signal.get(cat)
             if j is None:
                 raise InvalidRequest.at(
                     [*loc, "user", "signals", cat], f"unknown category; expected one of {list(self._signal)}", value
                 )
             x[j] = value
-        x[self._hour : self._hour + 4] = self._hour_rows[ctx.hour]
-        if ctx.day_progress is not None:
-            x[self._hour + 3] = ctx.day_progress
-        counts = (hist.impressions_1h, hist.impressions_6h, hist.impressions_24h)
+        x[self._hour : self._hour + 4] = self._hour_rows[ctx["hour"]]
+        progress = ctx.get("day_progress")
+        if progress is not None:
+            x[self._hour + 3] = progress
+        counts = (hist.get("impressions_1h", 0), hist.get("impressions_6h", 0), hist.get("impressions_24h", 0))
         for name, a, b in (("impressions_6h", counts[0], counts[1]), ("impressions_24h", counts[1], counts[2])):
             if b < a:
                 raise InvalidRequest.at([*loc, "history", name], f"must be >= the shorter window's count {a}", b)
         for j, v in zip(self._windows, counts, strict=True):
             x[j] = v
-        x[self._since] = HOURS_PER_DAY if hist.hours_since_last_ad is None else hist.hours_since_last_ad
-        x[self._clicks] = hist.clicks_today
-        x[self._conversions] = hist.conversions_today
-        if hist.conversions_today > hist.clicks_today:
+        since = hist.get("hours_since_last_ad")
+        clicks, conversions = hist.get("clicks_today", 0), hist.get("conversions_today", 0)
+        x[self._since] = HOURS_PER_DAY if since is None else since
+        x[self._clicks] = clicks
+        x[self._conversions] = conversions
+        if conversions > clicks:
             raise InvalidRequest.at(
                 [*loc, "history", "conversions_today"],
-                f"must be <= clicks_today ({hist.clicks_today}); a conversion follows a click",
-                hist.conversions_today,
+                f"must be <= clicks_today ({clicks}); a conversion follows a click",
+                conversions,
             )
-        for field, table, counted in (
-            ("slot_counts", self._slots, hist.slot_counts),
-            ("creative_counts", self._creatives, hist.creative_counts),
-        ):
+        for field, table in (("slot_counts", self._slots), ("creative_counts", self._creatives)):
+            counted: dict[str, int] = hist.get(field) or {}  # type: ignore[assignment]
             for name, value in counted.items():
                 j = table.get(name)
                 if j is None:
@@ -260,6 +293,95 @@ class RequestEncoder:
                     )
                 x[j] = value
         np.minimum(x, self.high, out=x)  # saturate counts as the simulator does; lower bounds were validated
+        return x
+
+    def encode_many(self, reqs: Sequence[DecisionRequest], loc: Sequence[str | int] = ()) -> np.ndarray:
+        """Observations (n, obs_dim) of validated requests, the same as :meth:`encode` row by row, in one pass.
+
+        One Python loop gathers values into flat lists (dense columns, and (row, column, value) triples for the
+        named signals and counts); numpy then fills, checks and saturates all rows at once. A row that breaks a
+        rule is re-encoded by :meth:`encode`, which raises the same error (location ``[*loc, i, ...]``).
+        """
+        n = len(reqs)
+        dim = self.layout.obs_dim
+        x = np.zeros((n, dim), dtype=np.float32)
+        if n == 0:
+            return x
+        segments, signal_cols = self._segment_table, self._signal
+        slot_cols, creative_cols = self._slots, self._creatives
+        progress_col = self._hour + 3
+        dense: list[float] = []  # per row: segment, impressions 1h/6h/24h, hours since last ad, clicks, conversions
+        hours: list[int] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        raw_obs: list[int] = []
+        bad = n
+        empty: dict[str, Any] = {}
+        items: Sequence[Mapping[str, Any]] = reqs  # validated: the lookups below cannot miss a required field
+        for i, req in enumerate(items):
+            try:
+                if req.get("obs") is not None:
+                    raw_obs.append(i)
+                    dense += (0, 0, 0, 0, 0, 0, 0)
+                    hours.append(0)
+                    continue
+                user = req["user"]
+                ctx = req["context"]
+                hist = req.get("history") or empty
+                seg = segments[user["segment"]]
+                signals = user.get("signals")
+                if signals:
+                    for cat, value in signals.items():
+                        cols.append(signal_cols[cat])
+                        rows.append(i)
+                        vals.append(value)
+                hours.append(ctx["hour"])
+                progress = ctx.get("day_progress")
+                if progress is not None:
+                    rows.append(i)
+                    cols.append(progress_col)
+                    vals.append(progress)
+                since = hist.get("hours_since_last_ad")
+                dense += (
+                    seg,
+                    hist.get("impressions_1h", 0),
+                    hist.get("impressions_6h", 0),
+                    hist.get("impressions_24h", 0),
+                    HOURS_PER_DAY if since is None else since,
+                    hist.get("clicks_today", 0),
+                    hist.get("conversions_today", 0),
+                )
+                counted = hist.get("slot_counts")
+                if counted:
+                    for name, value in counted.items():
+                        cols.append(slot_cols[name])
+                        rows.append(i)
+                        vals.append(value)
+                counted = hist.get("creative_counts")
+                if counted:
+                    for name, value in counted.items():
+                        cols.append(creative_cols[name])
+                        rows.append(i)
+                        vals.append(value)
+            except (KeyError, TypeError):  # an unknown name (or an unhashable segment): encode() says which
+                bad = i
+                break
+        m = len(hours)  # rows gathered (all of them unless one broke a rule)
+        d = np.array(dense, dtype=np.float64).reshape(m, 7)
+        broken = (d[:, 2] < d[:, 1]) | (d[:, 3] < d[:, 2]) | (d[:, 6] > d[:, 5])
+        if broken.any():
+            bad = min(bad, int(np.flatnonzero(broken)[0]))
+        if bad < n:
+            self.encode(reqs[bad], [*loc, bad])  # raises the error of the first bad row
+            raise AssertionError(f"request {bad} failed the batch encoding but not encode()")  # pragma: no cover
+        x[:, self._dense_cols] = d
+        x[:, self._hour : self._hour + 4] = self._hour_rows[hours]
+        if rows:
+            x[rows, cols] = vals
+        for i in raw_obs:
+            x[i] = self.check_obs(reqs[i]["obs"], [*loc, i, "obs"])  # type: ignore[arg-type]
+        np.minimum(x, self.high, out=x)
         return x
 
     def check_obs(self, obs: Sequence[float] | np.ndarray, loc: Sequence[str | int] = ("obs",)) -> np.ndarray:
@@ -281,9 +403,6 @@ class RequestEncoder:
                 [*loc, j], f"feature {f.name!r} must be {what} [{f.low:g}, {f.high:g}]", float(x[j])
             )
         return x.astype(np.float32)
-
-
-_EMPTY_HISTORY = History()
 
 
 # ---- exploration -------------------------------------------------------------------------------------------
@@ -445,13 +564,12 @@ class LoadedPolicy:
         return DecisionArrays(np.stack([d, s, c], axis=1), propensity, comps)
 
     # -- requests -------------------------------------------------------------------------------------------
-    def parse(self, request: DecisionRequest | Mapping[str, Any], loc: Sequence[str | int] = ()) -> DecisionRequest:
-        if isinstance(request, DecisionRequest):
-            return request
+    def parse(self, request: Mapping[str, Any], loc: Sequence[str | int] = ()) -> DecisionRequest:
+        """A request mapping validated against :class:`DecisionRequest` (raises :class:`InvalidRequest`)."""
         if not isinstance(request, Mapping):
             raise InvalidRequest.at(list(loc) or ["request"], "expected a mapping of request fields", request)
         try:
-            return DecisionRequest.model_validate(dict(request))
+            return REQUEST_ADAPTER.validate_python(request if isinstance(request, dict) else dict(request))
         except ValidationError as e:
             raise invalid_from(e, loc) from None
 
@@ -490,7 +608,7 @@ class LoadedPolicy:
         return self._decisions(self.decide_arrays(x[None, :]))[0]
 
     def decide_batch(
-        self, requests: Sequence[DecisionRequest | Mapping[str, Any]] | None = None, *, obs: np.ndarray | None = None
+        self, requests: Sequence[Mapping[str, Any]] | None = None, *, obs: np.ndarray | None = None
     ) -> list[Decision]:
         """Decide for many requests (each a mapping with ``user``, ``context``, ``history`` or ``obs``) at once,
         or for raw observations ``obs`` (n, obs_dim)."""
@@ -503,7 +621,7 @@ class LoadedPolicy:
             reqs = list(requests or [])
             if not reqs:
                 return []
-            x = np.stack([self.encoder.encode(self.parse(r, [i]), [i]) for i, r in enumerate(reqs)])
+            x = self.encoder.encode_many([self.parse(r, [i]) for i, r in enumerate(reqs)])
         return self._decisions(self.decide_arrays(x))
 
     def _decisions(self, arrays: DecisionArrays) -> list[Decision]:

@@ -31,16 +31,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# the reference runs with exactly the uvicorn settings of `adrl serve` (same HTTP parser and event loop)
 CONSTANT_APP = """
 import sys, uvicorn
 from fastapi import FastAPI
 from starlette.responses import Response
+from adrl.commands.serve import uvicorn_options
 app = FastAPI()
 BODY = b'{"status":"ok","value":42}'
 @app.post("/const")
 async def const() -> Response:
     return Response(BODY, media_type="application/json")
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_level="warning", access_log=False)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), **uvicorn_options())
 """
 
 LUA = """
@@ -163,11 +165,13 @@ def main() -> None:
     wrk = ensure_wrk()
 
     from adrl.agents.baselines import GreedyPolicy
+    from adrl.commands.serve import uvicorn_options
     from adrl.scenario import Scenario
 
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": vars(args) | {"policy": "greedy", "uvicorn_workers": 1, "wrk_threads": 1},
+        "settings": vars(args)
+        | {"policy": "greedy", "wrk_threads": 1, "uvicorn": uvicorn_options(), "reference_uses_same_uvicorn": True},
     }
     with tempfile.TemporaryDirectory(prefix="adrl-serve-bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -11,11 +10,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adrl.agents.base import flat_index
 from adrl.errors import ConfigError
 from adrl.policy import (
+    REQUEST_ADAPTER,
+    REQUESTS_ADAPTER,
     DecisionRequest,
     Exploration,
     InvalidRequest,
@@ -42,8 +44,8 @@ class FeedbackRequest(BaseModel):
     shown: bool = Field(True, description="false if the ad was never displayed (e.g. the session ended first)")
 
 
-_DECISION = TypeAdapter(DecisionRequest)
-_DECISIONS = TypeAdapter(list[DecisionRequest])
+_DECISION = REQUEST_ADAPTER
+_DECISIONS = REQUESTS_ADAPTER
 _FEEDBACK = TypeAdapter(FeedbackRequest)
 
 
@@ -61,7 +63,7 @@ def parse_decision_body(body: bytes, *, max_batch: int = MAX_BATCH) -> DecisionR
         reqs = _parse_json(_DECISIONS, body)
         if len(reqs) > max_batch:
             raise InvalidRequest.at([], f"a batch holds at most {max_batch} requests; split it", f"{len(reqs)} items")
-        return list(reqs)
+        return reqs
     if head != b"{":
         raise InvalidRequest(
             "request body must be a JSON object (one decision) or a list of objects",
@@ -164,12 +166,19 @@ class PolicyService:
         self.metrics.gauge(
             "adrl_log_recovered_torn_records", "Torn journal lines skipped at start.", lambda: stats.recovered_torn
         )
-        self._action_names = [
-            (d, policy.delay_hours[d], s, policy.slot_names[s], c, policy.creative_names[c])
+        self._action_dicts = [
+            {
+                "delay_index": d,
+                "delay_hours": policy.delay_hours[d],
+                "slot_index": s,
+                "slot": policy.slot_names[s],
+                "creative_index": c,
+                "creative": policy.creative_names[c],
+            }
             for d in range(policy.nvec[0])
             for s in range(policy.nvec[1])
             for c in range(policy.nvec[2])
-        ]
+        ]  # by flat action index
         self._explore = str(policy.exploration)
 
     @classmethod
@@ -206,69 +215,83 @@ class PolicyService:
         self.close()
 
     # ---- decisions ---------------------------------------------------------------------------------------
-    def prepare(self, request: DecisionRequest | Mapping[str, Any], loc: Sequence[str | int] = ()) -> Prepared:
-        """Validate and encode one request (raises :class:`InvalidRequest`)."""
-        req = self.policy.parse(request, loc)
+    def prepare(
+        self, request: Mapping[str, Any], loc: Sequence[str | int] = (), *, validated: bool = False
+    ) -> Prepared:
+        """Validate (unless ``validated``: it came from :func:`parse_decision_body`) and encode one request
+        (raises :class:`InvalidRequest`)."""
+        req: DecisionRequest = request if validated else self.policy.parse(request, loc)  # type: ignore[assignment]
         obs = self.policy.encoder.encode(req, loc)
-        return Prepared(obs, req.episode_id, req.step, req.user.id if req.user is not None else None)
+        user = req.get("user")
+        return Prepared(obs, req.get("episode_id"), req.get("step"), user.get("id") if user is not None else None)
 
     def decide_prepared(self, items: Sequence[Prepared]) -> list[dict[str, Any]]:
         """Decide for encoded requests at once (one policy call), journal them, and return response dicts."""
         if not items:
             return []
         obs = np.stack([it.obs for it in items]) if len(items) > 1 else items[0].obs[None, :]
-        arrays = self.policy.decide_arrays(obs)
-        ids, steps = self.log.record_decisions(
-            [it.episode_id for it in items],
-            [it.step for it in items],
-            [it.user_id for it in items],
-            obs,
-            arrays.action,
-            arrays.propensity,
-            arrays.components,
+        return self._decide(
+            obs, [it.episode_id for it in items], [it.step for it in items], [it.user_id for it in items]
         )
+
+    def decide_validated(self, requests: Sequence[DecisionRequest]) -> list[dict[str, Any]]:
+        """Decide for validated requests (from :func:`parse_decision_body`): one encoding pass, one policy call,
+        one journal write."""
+        if not requests:
+            return []
+        obs = self.policy.encoder.encode_many(requests)
+        episodes, steps, users = [], [], []
+        for r in requests:
+            episodes.append(r.get("episode_id"))
+            steps.append(r.get("step"))
+            user = r.get("user")
+            users.append(user.get("id") if user is not None else None)
+        return self._decide(obs, episodes, steps, users)
+
+    def _decide(
+        self,
+        obs: np.ndarray,
+        episodes: Sequence[str | int | None],
+        steps: Sequence[int | None],
+        users: Sequence[str | None],
+    ) -> list[dict[str, Any]]:
+        arrays = self.policy.decide_arrays(obs)
+        ids, out_steps = self.log.record_decisions(
+            episodes, steps, users, obs, arrays.action, arrays.propensity, arrays.components
+        )  # journaled (in the OS) before anything is returned
         flat = flat_index(arrays.action, self.policy.nvec)
         self.metrics.count_decisions(flat)
-        names = self._action_names
+        actions = self._action_dicts
         pv, pid, explore = self.policy.policy_version, self.policy.policy_id, self._explore
-        out = []
-        for i, (a, p, (pd, ps, pc)) in enumerate(
-            zip(flat.tolist(), arrays.propensity.tolist(), arrays.components.tolist(), strict=True)
-        ):
-            d, dh, s, sn, c, cn = names[a]
-            out.append(
-                {
-                    "event_id": ids[i],
-                    "episode_id": items[i].episode_id,
-                    "step": steps[i],
-                    "action": {
-                        "delay_index": d,
-                        "delay_hours": dh,
-                        "slot_index": s,
-                        "slot": sn,
-                        "creative_index": c,
-                        "creative": cn,
-                    },
-                    "propensity": p,
-                    "propensities": {"delay": pd, "slot": ps, "creative": pc},
-                    "policy_id": pid,
-                    "policy_version": pv,
-                    "exploration": explore,
-                }
+        return [
+            {
+                "event_id": eid,
+                "episode_id": ep,
+                "step": step,
+                "action": actions[a].copy(),
+                "propensity": p,
+                "propensities": {"delay": pd, "slot": ps, "creative": pc},
+                "policy_id": pid,
+                "policy_version": pv,
+                "exploration": explore,
+            }
+            for eid, ep, step, a, p, (pd, ps, pc) in zip(
+                ids, episodes, out_steps, flat.tolist(), arrays.propensity.tolist(), arrays.components.tolist(),
+                strict=True,
             )
-        return out
+        ]  # fmt: skip
 
-    def decide(self, request: DecisionRequest | Mapping[str, Any]) -> dict[str, Any]:
+    def decide(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """One decision for a request mapping (``user``, ``context``, ``history`` or ``obs``, ``episode_id``...)."""
         return self.decide_prepared([self.prepare(request)])[0]
 
-    def decide_batch(self, requests: Sequence[DecisionRequest | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def decide_batch(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Decisions for many requests with one policy call; an invalid one fails the batch, naming its index."""
         if len(requests) > MAX_BATCH:
             raise InvalidRequest.at(
                 [], f"a batch holds at most {MAX_BATCH} requests; split it", f"{len(requests)} items"
             )
-        return self.decide_prepared([self.prepare(r, [i]) for i, r in enumerate(requests)])
+        return self.decide_validated([self.policy.parse(r, [i]) for i, r in enumerate(requests)])
 
     # ---- feedback ----------------------------------------------------------------------------------------
     def feedback(self, request: FeedbackRequest | Mapping[str, Any]) -> dict[str, Any]:
@@ -305,5 +328,5 @@ class PolicyService:
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes for responses."""
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON bytes for responses (orjson: NaN/inf would become null, but responses hold none)."""
+    return orjson.dumps(obj)
