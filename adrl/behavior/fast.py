@@ -51,7 +51,7 @@ class FastPredictor:
         self.obs_dim = layout.obs_dim
         self.n_creatives, self.n_slots, self.n_delays = len(layout.creatives), len(layout.slots), len(layout.delays)
         self.category_of = encoder.category_of
-        self.encoder = encoder  # caps count features before anything is computed from them
+        self.raw_caps = encoder.raw_caps  # upper bounds of x's columns (count inputs capped at the logged range)
         self.delay_hours = np.asarray(layout.delays, dtype=np.float32)
         self.hour_col = layout.index("hour")
         self.since_col = layout.index("hours_since_last_ad")
@@ -99,7 +99,6 @@ class FastPredictor:
 
     def logits(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """(n, 3) click, cvr and leave logits; ``obs`` float32 (n, obs_dim), ``action`` int (n, 3), both checked."""
-        obs = self.encoder.cap(obs)
         n = obs.shape[0]
         d, s, c = action[:, 0], action[:, 1], action[:, 2]
         rows = np.arange(n)
@@ -110,6 +109,8 @@ class FastPredictor:
         x[:, self.obs_dim] = obs[rows, self.creative0 + c]
         x[:, self.obs_dim + 1] = np.minimum(obs[:, self.since_col] + delay_hours, HOURS_PER_DAY)
         x[:, self.obs_dim + 2] = obs[rows, self.signal0 + self.category_of[c]]
+        if self.raw_caps is not None:
+            np.minimum(x, self.raw_caps, out=x)
         hour = (obs[:, self.hour_col] + delay_hours).astype(np.intp) % HOURS_PER_DAY
         with self._blas_limit():
             h = x @ self.w_full

@@ -14,6 +14,7 @@ as a bucket where the prediction is far from the truth and that the policy visit
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,12 @@ class _Sums:
         out: dict[str, Any] = {"n": self.n, "share": self.n / max(total, 1)}
         for i, q in enumerate(QUANTITIES):
             p, t = self.predicted[i] / n, self.true[i] / n
-            out[q] = {"predicted": p, "true": t, "ratio": p / t if t > 0 else float("nan"), "mae": self.abs_error[i] / n}
+            out[q] = {
+                "predicted": p,
+                "true": t,
+                "ratio": p / t if t > 0 else float("nan"),
+                "mae": self.abs_error[i] / n,
+            }
         return out
 
 
@@ -104,8 +110,15 @@ class FidelityReport:
         return "\n".join(lines)
 
 
+def _quantities(r: Response, click_value: float, conv_value: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """(n, len(QUANTITIES)): pCTR, pCTCVR, pLeave and the expected immediate reward of each impression."""
+    ctcvr = r.p_click * r.p_conversion
+    reward = click_value * r.p_click + conv_value * ctcvr - cost
+    return np.stack([r.p_click, ctcvr, r.p_leave, reward], axis=1).astype(np.float64)
+
+
 def _labels(edges: tuple[float, ...]) -> list[str]:
-    inner = [f"({lo:g},{hi:g}]" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    inner = [f"({lo:g},{hi:g}]" for lo, hi in itertools.pairwise(edges)]
     return [f"<={edges[0]:g}", *inner, f">{edges[-1]:g}"]
 
 
@@ -139,10 +152,10 @@ def rollout_fidelity(
     conv_value = rw.conversion_weight * np.array([c.conversion_value for c in sc.creatives])
     slot_cost = np.array([s.cost for s in sc.slots])
     delays = np.asarray(sc.delays)
-    decay = world.decay_per_hour ** delays
+    decay = world.decay_per_hour**delays
     specs = [(name, np.asarray(edges, dtype=np.float64), _labels(edges)) for name, edges in buckets]
-    specs += [("slot", np.arange(sc.n_slots - 1), [s.name for s in sc.slots])]
-    specs += [("delay", np.arange(sc.n_delays - 1), [f"{d}h" for d in sc.delays])]
+    specs += [("slot", np.arange(sc.n_slots - 1, dtype=np.float64), [s.name for s in sc.slots])]
+    specs += [("delay", np.arange(sc.n_delays - 1, dtype=np.float64), [f"{d}h" for d in sc.delays])]
     overall = _Sums()
     sums = {name: [_Sums() for _ in labels] for name, _, labels in specs}
     returns = np.zeros(n_envs)
@@ -162,12 +175,8 @@ def rollout_fidelity(
             "delay": d.astype(np.float64),
         }
 
-        def quantities(r: Response) -> np.ndarray:
-            ctcvr = r.p_click * r.p_conversion
-            reward = rw.click_value * r.p_click + conv_value[c] * ctcvr - slot_cost[s]
-            return np.stack([r.p_click, ctcvr, r.p_leave, reward], axis=1).astype(np.float64)
-
-        qp, qt = quantities(pred)[shown], quantities(true)[shown]
+        value, cost = conv_value[c], slot_cost[s]
+        qp, qt = (_quantities(r, rw.click_value, value, cost)[shown] for r in (pred, true))
         overall.add(qp, qt)
         for name, edges, _ in specs:
             v = values[name] if name in values else obs[:, layout.index(name)].astype(np.float64)

@@ -5,10 +5,10 @@ and ``dense`` (float32, (n, n_dense)), and which of them form the user and item 
 :class:`AdrlEncoder` builds those arrays from observations (n, obs_dim) and actions (n, 3) through the one feature
 layout of ``adrl.features``, so a logged row and a simulator state are encoded identically.
 
-Count features (clicks and conversions today, impression windows, per-slot and per-creative counts) are capped at
-the range the training logs cover (:func:`count_caps`, stored in ``model.json``): a state past the logged range is
-encoded like the edge of that range, so the network never extrapolates a count it was not trained on (a policy
-that steers users into such states cannot make the learned simulator run away with them).
+Count inputs (clicks and conversions today, impression windows, per-slot and per-creative counts, times the chosen
+creative was seen) are capped at the range the training logs cover (:func:`count_caps`, stored in ``model.json``):
+a state past the logged range is encoded like the edge of that range, so the network never extrapolates a count it
+was not trained on (a policy that steers users into such states cannot make the learned simulator run away).
 """
 
 from __future__ import annotations
@@ -91,29 +91,38 @@ class InputSpec:
         return spec
 
 
-def count_caps(layout: FeatureLayout, observations: Iterable[np.ndarray], quantile: float) -> dict[str, float]:
-    """Cap of every count feature: its ``quantile`` over the rows of ``observations`` (chunks of (n, obs_dim)).
+def count_caps(
+    layout: FeatureLayout, category_of: np.ndarray, rows: Iterable[tuple[np.ndarray, np.ndarray]], quantile: float
+) -> dict[str, float]:
+    """Cap of every count input: its ``quantile`` over ``rows`` (chunks of observations (n, obs_dim), actions (n, 3)).
 
-    Counts are integers in ``[0, high]``, so exact histograms are kept while streaming. ``quantile`` 1 caps at
-    the largest value seen; 0.999 leaves out the last 0.1 % of rows, where the network has too little data to
-    trust. A count never seen above 0 gets cap 0 (it cannot inform the model).
+    The inputs are the observation's count features and the action's ``times_seen`` (how often the chosen creative
+    was shown: pooled over creatives, it covers a wider range than each creative's own count). Counts are integers
+    in ``[0, high]``, so exact histograms are kept while streaming. ``quantile`` 1 caps at the largest value seen;
+    0.999 leaves out the last 0.1 % of rows, where the network has too little data to trust. A count never seen
+    above 0 gets cap 0 (it cannot inform the model).
     """
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    cols = [i for i, f in enumerate(layout.obs) if f.kind == "count"]
-    highs = np.array([int(layout.obs[i].high) for i in cols], dtype=np.int64)
-    hist = np.zeros((len(cols), int(highs.max(initial=0)) + 1), dtype=np.int64)
-    for obs in observations:
-        values = np.clip(np.rint(np.asarray(obs)[:, cols]), 0, highs).astype(np.int64)
-        for j in range(len(cols)):
+    obs_cols = [i for i, f in enumerate(layout.obs) if f.kind == "count"]
+    act_cols = [i for i, f in enumerate(layout.action) if f.kind == "count" and f.name in _ACTION_DENSE]
+    features = [layout.obs[i] for i in obs_cols] + [layout.action[i] for i in act_cols]
+    highs = np.array([int(f.high) for f in features], dtype=np.int64)
+    hist = np.zeros((len(features), int(highs.max(initial=0)) + 1), dtype=np.int64)
+    for obs, action in rows:
+        obs = np.asarray(obs, dtype=np.float32)
+        act = layout.encode_actions(obs, np.asarray(action, dtype=np.int64), category_of)
+        values = np.concatenate([obs[:, obs_cols], act[:, act_cols]], axis=1)
+        values = np.clip(np.rint(values), 0, highs).astype(np.int64)
+        for j in range(len(features)):
             hist[j] += np.bincount(values[:, j], minlength=hist.shape[1])
-    n = hist[0].sum() if len(cols) else 0
+    n = int(hist[0].sum()) if features else 0
     if n == 0:
         raise ValueError("count_caps needs at least one row")
     cdf = np.cumsum(hist, axis=1)
     # smallest v with P(x <= v) >= quantile; the tolerance keeps quantile 1 at the largest value seen
     caps = np.argmax(cdf >= quantile * n - 1e-9 * n, axis=1)
-    return {layout.obs[i].name: float(c) for i, c in zip(cols, caps, strict=True)}
+    return {f.name: float(c) for f, c in zip(features, caps, strict=True)}
 
 
 class AdrlEncoder:
@@ -123,13 +132,11 @@ class AdrlEncoder:
     observation column (interest signals, time of day, impression counts, clicks, ...) and the action's
     times-seen, hours-since-last-ad at the impression, and the signal of the creative's category.
 
-    ``caps`` (feature name -> upper bound, count features only) clips those observation columns before anything
-    is derived from them (``times_seen`` included), in training and at inference alike.
+    ``caps`` (feature name -> upper bound; count features of the observation and ``times_seen``) clips those
+    inputs, in training and at inference alike.
     """
 
-    def __init__(
-        self, layout: FeatureLayout, category_of: np.ndarray, caps: Mapping[str, float] | None = None
-    ) -> None:
+    def __init__(self, layout: FeatureLayout, category_of: np.ndarray, caps: Mapping[str, float] | None = None) -> None:
         self.layout = layout
         self.category_of = np.asarray(category_of, dtype=np.int64)
         if self.category_of.shape != (len(layout.creatives),):
@@ -156,26 +163,32 @@ class AdrlEncoder:
         )
         self.nvec = np.array([len(layout.delays), len(layout.slots), len(layout.creatives)], dtype=np.int64)
         self.caps = self._check_caps(caps or {})
-        self.obs_caps: np.ndarray | None = None  # (obs_dim,) float32 upper bounds, None when nothing is capped
+        # upper bounds of the raw inputs [observation columns, then _ACTION_DENSE], None when nothing is capped
+        self.raw_caps: np.ndarray | None = None
         if self.caps:
-            self.obs_caps = layout.obs_high.copy()
+            features = [*layout.obs, *(layout.action[layout.action_names.index(n)] for n in _ACTION_DENSE)]
+            raw_names = [f.name for f in features]
+            self.raw_caps = np.array([f.high for f in features], dtype=np.float32)
             for name, cap in self.caps.items():
-                self.obs_caps[layout.index(name)] = min(cap, layout.obs[layout.index(name)].high)
+                i = raw_names.index(name)
+                self.raw_caps[i] = min(cap, self.raw_caps[i])
+        self.dense_caps = None if self.raw_caps is None else self.raw_caps[self._raw_dense_cols()]
+
+    def _raw_dense_cols(self) -> np.ndarray:
+        """Columns of the raw inputs [observation, _ACTION_DENSE] that make up ``dense``, in order."""
+        return np.concatenate([self.obs_dense_cols, self.layout.obs_dim + np.arange(len(_ACTION_DENSE))])
 
     def _check_caps(self, caps: Mapping[str, float]) -> dict[str, float]:
         kinds = {f.name: f.kind for f in self.layout.obs}
+        kinds |= {f.name: f.kind for f in self.layout.action if f.name in _ACTION_DENSE}
         out = {}
         for name, cap in caps.items():
             if kinds.get(name) != "count":
-                raise ArtifactError(f"input cap on {name!r}: only count features of the layout can be capped")
+                raise ArtifactError(f"input cap on {name!r}: only count features of the model's inputs can be capped")
             if not (isinstance(cap, int | float) and np.isfinite(cap) and cap >= 0):
                 raise ArtifactError(f"input cap on {name!r} must be a finite number >= 0, got {cap!r}")
             out[str(name)] = float(cap)
         return out
-
-    def cap(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` (checked, float32) with count features clipped to the caps (a new array; ``obs`` when none)."""
-        return obs if self.obs_caps is None else np.minimum(obs, self.obs_caps)
 
     def check(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``obs`` as float32 (n, obs_dim) and ``action`` as int64 (n, 3), or raise naming the problem."""
@@ -201,7 +214,6 @@ class AdrlEncoder:
     def encode(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``cat`` int64 (n, 6) and ``dense`` float32 (n, n_dense) for observations (n, obs_dim) and actions (n, 3)."""
         obs, action = self.check(obs, action)
-        obs = self.cap(obs)
         act = self.layout.encode_actions(obs, action, self.category_of)
         names = self.layout.action_names
         cat = np.empty((obs.shape[0], 6), dtype=np.int64)
@@ -212,4 +224,6 @@ class AdrlEncoder:
         cat[:, 4] = act[:, names.index("impression_hour")]
         cat[:, 5] = action[:, 0]
         dense = np.concatenate([obs[:, self.obs_dense_cols], act[:, [names.index(n) for n in _ACTION_DENSE]]], axis=1)
+        if self.dense_caps is not None:
+            np.minimum(dense, self.dense_caps, out=dense)
         return cat, dense.astype(np.float32, copy=False)

@@ -9,6 +9,7 @@ Rows with ``shown == False`` had no impression and never train or score a head.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -236,16 +237,16 @@ class AdrlLogSource:
         self.columns = ["user_id", "step", "delay", "slot", "creative", "shown", "click", "conversion", "leave"]
         self.columns += self.feature_cols + ([n for n, _, _ in TRUTH_COLUMNS] if truth else [])
 
-    def training_observations(self) -> Iterator[np.ndarray]:
-        """Observations (n, obs_dim) of the shown rows of training users, chunk by chunk."""
+    def training_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Observations (n, obs_dim) and actions (n, 3) of the shown rows of training users, chunk by chunk."""
         for df in self.frames():
             df = df[df["shown"].to_numpy(dtype=bool)]
-            train = unit_hash(df["user_id"].to_numpy(dtype=np.int64)) >= self.cfg.validation_fraction
-            yield df.loc[train, self.feature_cols].to_numpy(dtype=np.float32)
+            df = df[unit_hash(df["user_id"].to_numpy(dtype=np.int64)) >= self.cfg.validation_fraction]
+            yield df[self.feature_cols].to_numpy(dtype=np.float32), df[["delay", "slot", "creative"]].to_numpy()
 
     def cap_inputs(self, quantile: float) -> dict[str, float]:
         """Set the encoder's count caps to ``quantile`` of the training rows (one extra pass) and return them."""
-        caps = count_caps(self.layout, self.training_observations(), quantile)
+        caps = count_caps(self.layout, self.category_of, self.training_rows(), quantile)
         self.encoder = AdrlEncoder(self.layout, self.category_of, caps)
         return caps
 
@@ -369,10 +370,8 @@ def fit_adrl(
     rng, torch_seed = _seed(cfg.seed)
     source = AdrlLogSource(logs, scenario, cfg)
     if cfg.input_cap_quantile is not None:
-        try:
+        with contextlib.suppress(ValueError):  # no shown training rows: _scan names the problem
             source.cap_inputs(cfg.input_cap_quantile)
-        except ValueError:  # no shown training rows: _scan names the problem
-            pass
     scan, val, base, n_val_all = _scan(source, cfg)
     assert scan.dense_sum is not None and scan.dense_sq is not None and scan.label_sum is not None
     mean = scan.dense_sum / scan.n_train
