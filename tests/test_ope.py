@@ -257,3 +257,21 @@ def test_evaluate_runs_every_estimator_on_logged_data():
     assert res.estimates["dr"].value == pytest.approx(0.8, abs=0.05)
     assert res.estimates["wdr"].value == pytest.approx(2.4, abs=0.2)
     assert "estimates" in res.as_dict()
+
+
+def test_bootstrap_resamples_whole_episodes_when_given_groups():
+    from adrl.ope.bandit import IPS as _IPS
+    from adrl.ope.bandit import estimate_all
+
+    rng = np.random.default_rng(0)
+    reward = np.repeat(rng.random(400), 10)  # ten identical decisions per episode: 400 independent units
+    prop = np.full(reward.size, 0.5)
+    groups = np.repeat(np.arange(400), 10)
+    by_row = estimate_all([_IPS()], reward, prop, prop, rng=np.random.default_rng(1), n_boot=400)["ips"]
+    by_episode = estimate_all([_IPS()], reward, prop, prop, rng=np.random.default_rng(1), n_boot=400,
+                              groups=groups)["ips"]  # fmt: skip
+    assert by_episode.value == pytest.approx(reward.mean())
+    width_row, width_episode = by_row.upper - by_row.lower, by_episode.upper - by_episode.lower
+    assert width_episode > 2.5 * width_row  # ~sqrt(10): rows of one episode are not independent draws
+    se = reward[::10].std(ddof=1) / np.sqrt(400)
+    assert width_episode == pytest.approx(2 * 1.96 * se, rel=0.2)

@@ -52,8 +52,8 @@ class Terms:
     def columns(self) -> list[np.ndarray]:
         return [c for c in (self.direct, self.correction, self.normalizer) if c is not None]
 
-    def statistic(self, sums: np.ndarray, n: int) -> np.ndarray:
-        """The estimate from column sums ``sums`` (m, len(columns())) over ``n`` rows."""
+    def statistic(self, sums: np.ndarray, n: int | np.ndarray) -> np.ndarray:
+        """The estimate from column sums ``sums`` (m, len(columns())) over ``n`` rows (one count per sum row)."""
         j = 0
         value = np.zeros(sums.shape[0])
         if self.direct is not None:
@@ -312,6 +312,23 @@ class SwitchDR(BanditEstimator):
 BANDIT_ESTIMATORS: dict[str, type[BanditEstimator]] = {cls.name: cls for cls in (DM, IPS, SNIPS, DR, SNDR, SwitchDR)}
 
 
+def _group_resampled_sums(
+    columns: np.ndarray, groups: np.ndarray, *, rng: np.random.Generator, n_boot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums and row counts of ``n_boot`` resamples of whole groups: shapes (n_boot, k) and (n_boot,)."""
+    g = np.asarray(groups)
+    if g.shape != (columns.shape[0],):
+        raise ValueError(f"groups must have shape ({columns.shape[0]},), got {g.shape}")
+    _, inverse = np.unique(g, return_inverse=True)
+    k = columns.shape[1]
+    per_group = np.empty((int(inverse.max()) + 1, k + 1))
+    for c in range(k):
+        per_group[:, c] = np.bincount(inverse, weights=columns[:, c])
+    per_group[:, k] = np.bincount(inverse)
+    sums = resampled_sums(per_group, rng=rng, n_boot=n_boot)
+    return sums[:, :k], sums[:, k]
+
+
 def estimate_all(
     estimators: Sequence[BanditEstimator],
     reward: object,
@@ -323,11 +340,14 @@ def estimate_all(
     rng: np.random.Generator,
     alpha: float = 0.05,
     n_boot: int = 1000,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Estimate]:
     """Run several estimators on the same rows with one shared set of bootstrap resamples.
 
     Validates once, stacks every estimator's columns and resamples them together, so ``k`` estimators cost
-    about one bootstrap. Returns ``{estimator.name: Estimate}`` in the given order.
+    about one bootstrap. With ``groups`` (e.g. episode ids, shape (n,)) the bootstrap resamples whole groups:
+    decisions of one user-day are correlated, and resampling them one by one would give too narrow intervals.
+    Returns ``{estimator.name: Estimate}`` in the given order.
     """
     check_interval_args(alpha, n_boot)
     if not estimators:
@@ -347,8 +367,13 @@ def estimate_all(
     blocks = [np.column_stack(tm.columns()) for tm in all_terms]
     out: dict[str, Estimate] = {}
     sums = None
+    counts: int | np.ndarray = n
     if n_boot > 0:
-        sums = resampled_sums(np.column_stack(blocks), rng=rng, n_boot=n_boot)
+        stacked = np.column_stack(blocks)
+        if groups is None:
+            sums = resampled_sums(stacked, rng=rng, n_boot=n_boot)
+        else:
+            sums, counts = _group_resampled_sums(stacked, groups, rng=rng, n_boot=n_boot)
     j = 0
     for e, tm, cols in zip(estimators, all_terms, blocks, strict=True):
         k = cols.shape[1]
@@ -358,7 +383,7 @@ def estimate_all(
             )
         else:
             value = float(tm.statistic(cols.sum(axis=0, keepdims=True), n)[0])
-            stats = tm.statistic(sums[:, j : j + k], n)
+            stats = tm.statistic(sums[:, j : j + k], counts)
             stats = stats[np.isfinite(stats)]
             lower, upper = (
                 (float(q) for q in np.quantile(stats, [alpha / 2, 1 - alpha / 2]))

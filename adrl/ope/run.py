@@ -154,7 +154,7 @@ def evaluate(
         ql, qt = model_terms(data, probs, folds)
     results = estimate_all(
         _ordered(bandit, names), data.reward, data.propensity, target_prob, ql, qt, rng=boot_rng, alpha=alpha,
-        n_boot=n_boot,
+        n_boot=n_boot, groups=data.episode_id,  # decisions of one user-day are resampled together
     )  # fmt: skip
     estimates.update(results)
     fqe_fit: FQEFit | None = None
