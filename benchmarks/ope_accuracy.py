@@ -145,7 +145,17 @@ def main() -> None:
                 o = data.obs[lo : lo + 65_536]
                 tp[lo : lo + o.shape[0]] = probs(o)[np.arange(o.shape[0]), data.action[lo : lo + o.shape[0]]]
             ql, qt = model_terms(data, probs, folds)
-            est = estimate_all(list(BANDIT), data.reward, data.propensity, tp, ql, qt, rng=rng, n_boot=args.n_boot)
+            est = estimate_all(
+                list(BANDIT),
+                data.reward,
+                data.propensity,
+                tp,
+                ql,
+                qt,
+                rng=rng,
+                n_boot=args.n_boot,
+                groups=data.episode_id,
+            )
             rows[name].append({"truth": truth[name], **{k: e for k, e in est.items()}})
             if d < args.episode_draws:
                 res = evaluate(data, probs, ("pdis", "wis", "wdr", "fqe"), rng=rng, n_boot=args.n_boot)

@@ -5,7 +5,8 @@ Runs, one after another, against one uvicorn worker each:
 1. ``constant``: a FastAPI endpoint that returns a constant JSON body (the reference: HTTP + framework cost only);
 2. ``single``: ``POST /v1/decisions`` with one request per call (greedy policy, ε=0.05 exploration, durable log on);
 3. ``batch``: ``POST /v1/decisions`` with a list of ``--batch-size`` requests per call;
-4. ``at_rate``: single decisions at about ``--rate`` requests/s (wrk's ``delay()`` paces each connection), for
+4. ``at_rate``: after the decision log has written the batch phase's backlog (steady state), single decisions at
+   about ``--rate`` requests/s (wrk's ``delay()`` paces each connection), for
    the latency percentiles under a fixed load.
 
 Goals (issue 7): single ≥ 50% of constant (and ≥ 4,500 decisions/s), p99 < 25 ms at 1,000 req/s, batch ≥ 50,000
@@ -151,6 +152,23 @@ def request_body(i: int) -> dict[str, Any]:
     }
 
 
+def pending_decisions(base: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("adrl_log_pending_decisions"):
+                return float(line.split()[1])
+    return 0.0
+
+
+def wait_log_drained(base: str, *, timeout: float, limit: float = 100.0) -> float:
+    """Seconds until the server's pending (not yet joined and written) decisions fall to ``limit``, bounded."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout and pending_decisions(base) > limit:
+        time.sleep(0.25)
+    time.sleep(1.0)  # let the last write finish
+    return round(time.monotonic() - start, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (4 runs)")
@@ -205,6 +223,9 @@ def main() -> None:
             b["batch_size"] = args.batch_size
             b["decisions_per_s"] = round(b["req_per_s"] * args.batch_size, 1)
             result["batch"] = b
+            # steady state for the latency run: the batch phase leaves ~10^5 decisions whose feedback windows
+            # close a few seconds later; at a steady 1,000 req/s no such backlog exists, so wait for it to be written
+            result["drain_seconds"] = wait_log_drained(base, timeout=120.0)
             # wrk's delay() pauses each connection after its response, so the rate is C / (delay + latency):
             # a short calibration run measures the latency part and the delay is corrected for it
             c = args.rate_connections
