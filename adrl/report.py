@@ -190,7 +190,7 @@ def _ope(r: QuickstartResult) -> str:
     note = (
         "<p>Per-decision estimators (DM, IPS, SNIPS, DR, SNDR) estimate the mean immediate reward the policy "
         "would earn on the logged decisions; their truth replays the logging simulation and scores the policy's "
-        "actions on the users' hidden state. Episode estimators (PDIS, WIS, WDR) estimate the return per "
+        "actions on the users' hidden state. Episode estimators (PDIS, WIS) estimate the return per "
         "user-day; their truth is the ground-truth evaluation above.</p>"
     )
     return note + _table(

@@ -48,7 +48,7 @@ def test_report_is_self_contained_and_has_every_section(quickstart: tuple[Path, 
         assert f'id="{key}"' in page and title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 4  # calibration, curves, policies, best
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched or run
-    for name in ("q_learning", "reinforce", "greedy", "pacing", "random", "dr", "wdr"):
+    for name in ("q_learning", "reinforce", "greedy", "pacing", "random", "dr", "wis"):
         assert f"<td>{name}</td>" in page
 
 
