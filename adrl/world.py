@@ -272,7 +272,12 @@ class World:
         np.add(batch.clicks, click, out=batch.clicks)
         np.add(batch.conversions, conversion, out=batch.conversions)
         bits = self._epoch_bit[at_rows]
-        if n <= 32:  # ufunc.at has the least overhead on tiny batches (the single env), fancy += wins on large ones
+        if n == 1:  # the single env: scalar updates cost a fraction of ufunc.at's per-call overhead
+            if rows.size:
+                batch.impression_mask[0] |= bits[0]
+                batch.slot_counts[0, s_rows[0]] += 1
+                batch.creative_counts[0, c_rows[0]] += 1
+        elif n <= 32:  # ufunc.at has the least overhead on tiny batches, fancy += wins on large ones
             np.bitwise_or.at(batch.impression_mask, rows, bits)
             np.add.at(batch.slot_counts, (rows, s_rows), 1)
             np.add.at(batch.creative_counts, (rows, c_rows), 1)
