@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from adrl.agents.base import component_probabilities, flat_index
+from adrl.agents.base import component_probabilities, flat_index, uniform_actions
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, sample_actions
 from adrl.features import LOG_PREFIX, FeatureLayout
 from adrl.logs import LogWriter
@@ -57,14 +55,14 @@ def logged_actions(
     n = obs.shape[0]
     if isinstance(policy, RandomPolicy):
         nvec = policy.nvec
-        action = np.stack([rng.integers(0, k, n) for k in nvec], axis=1)
+        action = uniform_actions(nvec, n, rng)
         comps = tuple(np.full(n, 1.0 / k) for k in nvec)
         return action, np.full(n, 1.0 / np.prod(nvec)), (comps[0], comps[1], comps[2])
     if isinstance(policy, EpsilonGreedyPolicy):
         nvec, eps = policy.nvec, policy.epsilon
         greedy = policy.base.predict(obs)  # needed for every row: it sets the propensity of exploring rows too
         explore = rng.random((n, 3)) < eps  # each component explores on its own
-        uniform = np.stack([rng.integers(0, k, n) for k in nvec], axis=1)
+        uniform = uniform_actions(nvec, n, rng)
         action = np.where(explore, uniform, greedy)
         same = action == greedy
         comp = [(1 - eps) * same[:, i] + eps / nvec[i] for i in range(3)]
@@ -132,6 +130,14 @@ def _simulate_chunk(
     return out
 
 
+def _chunks(n_users: int, chunk_users: int, seed: int | None) -> Iterator[tuple[int, int, np.random.SeedSequence]]:
+    """(first user, users, random stream) of each chunk; ``simulate`` and ``replay_decisions`` must agree on these."""
+    n_chunks = -(-n_users // chunk_users)
+    for k, stream in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
+        first = k * chunk_users
+        yield first, min(chunk_users, n_users - first), stream
+
+
 def replay_decisions(
     scenario: Scenario,
     *,
@@ -144,10 +150,8 @@ def replay_decisions(
     """Re-run the users of a ``simulate`` call (same arguments, same users) calling ``on_decision`` at each step."""
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
-    n_chunks = -(-n_users // chunk_users)
-    for k, stream in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
-        first = k * chunk_users
-        _simulate_chunk(world, layout, logging_policy, first, min(chunk_users, n_users - first), stream, on_decision)
+    for first, n, stream in _chunks(n_users, chunk_users, seed):
+        _simulate_chunk(world, layout, logging_policy, first, n, stream, on_decision)
 
 
 def simulate(
@@ -159,21 +163,18 @@ def simulate(
     epsilon: float = 0.3,
     seed: int | None = 0,
     chunk_users: int = 65_536,
-    workers: int = 2,
     progress: bool = True,
 ) -> SimulationSummary:
     """Simulate ``n_users`` user-days and write every decision to ``out`` (parquet, written atomically).
 
-    Users are simulated in chunks of ``chunk_users``, each with its own random stream spawned from ``seed``;
-    ``workers`` chunks run at once on threads (numpy releases the GIL) and are written in order, so memory stays
-    bounded and the same seed and chunk size give the same file whatever the number of workers.
+    Users are simulated in chunks of ``chunk_users``, each with its own random stream spawned from ``seed``, so
+    memory stays bounded and the same seed and chunk size give the same file; the writer encodes and compresses
+    one chunk on its own thread while the next is simulated.
     """
     if n_users < 1:
         raise ValueError(f"n_users must be >= 1, got {n_users}")
     if chunk_users < 1:
         raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
     policy = (
@@ -181,13 +182,10 @@ def simulate(
         if isinstance(logging_policy, str)
         else logging_policy
     )
-    n_chunks = -(-n_users // chunk_users)
-    streams = np.random.SeedSequence(seed).spawn(n_chunks)
     totals = dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
     start = time.perf_counter()
     with (
         LogWriter(out, layout, truth=True, scenario_hash=scenario.content_hash) as writer,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adrl-simulate") as pool,
         Progress(
             TextColumn("simulating"),
             BarColumn(),
@@ -199,29 +197,16 @@ def simulate(
         ) as bar,
     ):
         task = bar.add_task("simulate", total=n_users)
-        pending: deque[tuple[int, Future[list[dict[str, np.ndarray]]]]] = deque()
-        submitted = 0
-        try:
-            while submitted < n_chunks or pending:
-                while submitted < n_chunks and len(pending) < workers:
-                    first = submitted * chunk_users
-                    n = min(chunk_users, n_users - first)
-                    job = pool.submit(_simulate_chunk, world, layout, policy, first, n, streams[submitted])
-                    pending.append((n, job))
-                    submitted += 1
-                n, job = pending.popleft()
-                for cols in job.result():
-                    writer.write(cols)
-                    totals["decisions"] += len(cols["step"])
-                    totals["impressions"] += int(cols["shown"].sum())
-                    totals["clicks"] += int(cols["click"].sum())
-                    totals["conversions"] += int(cols["conversion"].sum())
-                    totals["leaves"] += int(cols["leave"].sum())
-                    totals["reward"] += float(cols["reward"].sum())
-                bar.advance(task, n)
-        finally:
-            for _, job in pending:
-                job.cancel()
+        for first, n, stream in _chunks(n_users, chunk_users, seed):
+            for cols in _simulate_chunk(world, layout, policy, first, n, stream):
+                writer.write(cols)
+                totals["decisions"] += len(cols["step"])
+                totals["impressions"] += int(cols["shown"].sum())
+                totals["clicks"] += int(cols["click"].sum())
+                totals["conversions"] += int(cols["conversion"].sum())
+                totals["leaves"] += int(cols["leave"].sum())
+                totals["reward"] += float(cols["reward"].sum())
+            bar.advance(task, n)
     seconds = time.perf_counter() - start
     imps = int(totals["impressions"])
     return SimulationSummary(

@@ -150,8 +150,6 @@ class RunDir:
         if resume_step is not None and self.metrics_path.is_file():
             with open(self.metrics_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        if resume_step is None or not self.metrics_path.is_file():
-            rows = []
         with atomic_open(self.metrics_path, "w") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             w.writeheader()

@@ -61,6 +61,17 @@ def component_probabilities(joint: np.ndarray, nvec: tuple[int, int, int]) -> tu
     return cube.sum(axis=(2, 3)), cube.sum(axis=(1, 3)), cube.sum(axis=(1, 2))
 
 
+def joint_probabilities(pd: np.ndarray, ps: np.ndarray, pc: np.ndarray) -> np.ndarray:
+    """Joint (n, n_actions) of independent per-component distributions (n, n_delays), (n, n_slots), (n, n_creatives)."""
+    joint = pd[:, :, None, None] * ps[:, None, :, None] * pc[:, None, None, :]
+    return joint.reshape(joint.shape[0], -1)
+
+
+def uniform_actions(nvec: tuple[int, int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) actions uniform over every component; draws delays, then slots, then creatives."""
+    return np.stack([rng.integers(0, k, n) for k in nvec], axis=1)
+
+
 def sample_from(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One flat index per row of ``probs`` (n, k) by inverse CDF; one uniform draw per row."""
     cdf = np.cumsum(probs, axis=1)

@@ -13,7 +13,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from adrl.agents.base import check_obs, flat_index, one_hot, sample_from, unflatten
+from adrl.agents.base import (
+    check_obs,
+    flat_index,
+    joint_probabilities,
+    one_hot,
+    sample_from,
+    unflatten,
+    uniform_actions,
+)
 from adrl.agents.registry import load_policy_artifact, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
@@ -175,7 +183,7 @@ class RandomPolicy:
 
     def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
         n = check_obs(obs, self.obs_dim).shape[0]
-        return np.stack([self.rng.integers(0, k, n) for k in self.nvec], axis=1)
+        return uniform_actions(self.nvec, n, self.rng)
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         n = check_obs(obs, self.obs_dim).shape[0]
@@ -296,7 +304,7 @@ class EpsilonGreedyPolicy:
             return greedy
         n = greedy.shape[0]
         explore = self.rng.random((n, 3)) < self.epsilon
-        uniform = np.stack([self.rng.integers(0, k, n) for k in self.nvec], axis=1)
+        uniform = uniform_actions(self.nvec, n, self.rng)
         return np.where(explore, uniform, greedy)
 
     def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
@@ -306,8 +314,7 @@ class EpsilonGreedyPolicy:
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         pd, ps, pc = self.component_probabilities(obs)
-        joint = pd[:, :, None, None] * ps[:, None, :, None] * pc[:, None, None, :]
-        return joint.reshape(joint.shape[0], -1)
+        return joint_probabilities(pd, ps, pc)
 
 
 def sample_actions(policy: object, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs, sample_from
+from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs, joint_probabilities, sample_from
 from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
@@ -110,8 +110,7 @@ class ReinforceAgent:
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         pd, ps, pc = self.component_probabilities(obs)
-        joint = pd[:, :, None, None] * ps[:, None, :, None] * pc[:, None, None, :]
-        return joint.reshape(joint.shape[0], -1)
+        return joint_probabilities(pd, ps, pc)
 
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:

@@ -20,7 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
-from adrl.agents.base import check_obs, one_hot, unflatten
+from adrl.agents.base import check_obs, joint_probabilities, one_hot, unflatten
 from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError, ConfigError
@@ -125,8 +125,7 @@ class SB3Agent:
             return one_hot(q.argmax(dim=1).cpu().numpy(), self.scenario.n_actions)
         dist = model.policy.get_distribution(tensor)  # type: ignore[operator]
         pd, ps, pc = (d.probs.cpu().numpy().astype(np.float64) for d in dist.distribution)
-        joint = pd[:, :, None, None] * ps[:, None, :, None] * pc[:, None, None, :]
-        return joint.reshape(joint.shape[0], -1)
+        return joint_probabilities(pd, ps, pc)
 
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None) -> Self:

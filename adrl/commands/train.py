@@ -58,7 +58,7 @@ def train_run(
     if latest is not None:
         agent = load_policy_artifact(latest[0])
         if agent_name not in BASELINES:
-            agent = _reattach(agent, spec)
+            _check_same_market(agent, spec.scenario)
         start = latest[1]
         if progress:
             console.print(f"resuming {out} from checkpoint at step {start:,}")
@@ -113,11 +113,10 @@ def train_run(
     return summary
 
 
-def _reattach(agent: Any, spec: Any) -> Any:
-    """Checkpoints store the scenario; the run's scenario must be the same market."""
-    if agent.scenario.content_hash != spec.scenario.content_hash:
+def _check_same_market(agent: Any, scenario: Any) -> None:
+    """Checkpoints store their scenario; resuming must continue in the same market."""
+    if agent.scenario.content_hash != scenario.content_hash:
         raise ConfigError("--resume: the checkpoint was trained on another scenario than this run's")
-    return agent
 
 
 def register(app: typer.Typer) -> None:
