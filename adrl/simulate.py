@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +140,26 @@ def _chunks(n_users: int, chunk_users: int, seed: int | None) -> Iterator[tuple[
         yield first, min(chunk_users, n_users - first), stream
 
 
+def _drain_one(
+    pending: deque[tuple[int, Future[list[dict[str, np.ndarray]]]]],
+    writer: LogWriter,
+    totals: dict[str, float],
+    bar: Progress,
+    task: Any,
+) -> None:
+    """Write the oldest simulated chunk (chunks are written in order) and add it to the totals."""
+    n, job = pending.popleft()
+    for cols in job.result():
+        writer.write(cols)
+        totals["decisions"] += len(cols["step"])
+        totals["impressions"] += int(cols["shown"].sum())
+        totals["clicks"] += int(cols["click"].sum())
+        totals["conversions"] += int(cols["conversion"].sum())
+        totals["leaves"] += int(cols["leave"].sum())
+        totals["reward"] += float(cols["reward"].sum())
+    bar.advance(task, n)
+
+
 def replay_decisions(
     scenario: Scenario,
     *,
@@ -163,18 +185,22 @@ def simulate(
     epsilon: float = 0.3,
     seed: int | None = 0,
     chunk_users: int = 65_536,
+    workers: int = 2,
     progress: bool = True,
 ) -> SimulationSummary:
     """Simulate ``n_users`` user-days and write every decision to ``out`` (parquet, written atomically).
 
-    Users are simulated in chunks of ``chunk_users``, each with its own random stream spawned from ``seed``, so
-    memory stays bounded and the same seed and chunk size give the same file; the writer encodes and compresses
-    one chunk on its own thread while the next is simulated.
+    Users are simulated in chunks of ``chunk_users``, each with its own random stream spawned from ``seed``;
+    ``workers`` chunks run at once on threads (numpy releases the GIL; with the random logger this gains ~30%) and
+    are written in order, so memory stays bounded and the same seed and chunk size give the same file whatever
+    the number of workers.
     """
     if n_users < 1:
         raise ValueError(f"n_users must be >= 1, got {n_users}")
     if chunk_users < 1:
         raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
     policy = (
@@ -186,6 +212,7 @@ def simulate(
     start = time.perf_counter()
     with (
         LogWriter(out, layout, truth=True, scenario_hash=scenario.content_hash) as writer,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adrl-simulate") as pool,
         Progress(
             TextColumn("simulating"),
             BarColumn(),
@@ -197,17 +224,19 @@ def simulate(
         ) as bar,
     ):
         task = bar.add_task("simulate", total=n_users)
-        for first, n, stream in _chunks(n_users, chunk_users, seed):
-            for cols in _simulate_chunk(world, layout, policy, first, n, stream):
-                writer.write(cols)
-                totals["decisions"] += len(cols["step"])
-                totals["impressions"] += int(cols["shown"].sum())
-                totals["clicks"] += int(cols["click"].sum())
-                totals["conversions"] += int(cols["conversion"].sum())
-                totals["leaves"] += int(cols["leave"].sum())
-                totals["reward"] += float(cols["reward"].sum())
-            bar.advance(task, n)
+        pending: deque[tuple[int, Future[list[dict[str, np.ndarray]]]]] = deque()
+        try:
+            for first, n, stream in _chunks(n_users, chunk_users, seed):
+                pending.append((n, pool.submit(_simulate_chunk, world, layout, policy, first, n, stream)))
+                if len(pending) == workers:  # keep `workers` chunks in flight; write the oldest
+                    _drain_one(pending, writer, totals, bar, task)
+            while pending:
+                _drain_one(pending, writer, totals, bar, task)
+        finally:
+            for _, job in pending:
+                job.cancel()
     seconds = time.perf_counter() - start
+
     imps = int(totals["impressions"])
     return SimulationSummary(
         n_users=n_users,

@@ -19,6 +19,7 @@ from adrl.simulate import simulate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=400_000, help="user-days per run (~10 decisions each)")
+    parser.add_argument("--workers", type=int, default=2, help="chunks simulated at once")
     parser.add_argument("--repeats", type=int, default=3, help="runs per policy; the best is reported")
     args = parser.parse_args()
     results = {}
@@ -32,6 +33,7 @@ def main() -> None:
                     out=out,
                     logging_policy=policy,
                     seed=i,
+                    workers=args.workers,
                     progress=False,
                 )
                 for i in range(args.repeats)
