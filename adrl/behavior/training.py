@@ -380,7 +380,8 @@ def fit_adrl(
     rates[1] = rates[1] / max(rates[0], 1e-9)  # the cvr logit starts at conversions per click
     heads = (True, True, True)
     net = _make_net(source.encoder.spec, cfg, mean, std, rates, torch_seed)
-    history = _train(net, source.train_batches, val, heads, cfg, rng, scan.n_train, progress, console)
+    with _torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
+        history = _train(net, source.train_batches, val, heads, cfg, rng, scan.n_train, progress, console)
     notes = []
     if len(val) < n_val_all:
         notes.append(f"validation metrics use a user-hash sample of {len(val):,} of {n_val_all:,} validation rows")
@@ -564,7 +565,8 @@ def fit_obd(
         for i in range(0, len(perm), cfg.batch_size):
             yield fit_enc.take(perm[i : i + cfg.batch_size])
 
-    history = _train(net, batches, stop_enc, heads, cfg, rng, len(fit_enc), progress, console)
+    with _torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
+        history = _train(net, batches, stop_enc, heads, cfg, rng, len(fit_enc), progress, console)
     # baselines see all of the earlier part (they need no early-stopping set)
     train_enc = Encoded.concat([fit_enc, stop_enc])
     positions = tuple(str(p) for p in data.positions)
@@ -625,6 +627,17 @@ def _validation_loss(net: BehaviorNet, val: Encoded, heads: tuple[bool, bool, bo
     return total / max(len(val), 1)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train(
     net: BehaviorNet,
     batches: Callable[[np.random.Generator], Iterator[Encoded]],
@@ -638,25 +651,6 @@ def _train(
 ) -> list[dict[str, float]]:
     """Adam on minibatches; after each epoch the validation loss decides: keep the best, halve the learning rate
     when it did not improve, stop after ``patience`` epochs without improvement."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        return _train_loop(net, batches, val, heads, cfg, rng, n_train, progress, console)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_loop(
-    net: BehaviorNet,
-    batches: Callable[[np.random.Generator], Iterator[Encoded]],
-    val: Encoded,
-    heads: tuple[bool, bool, bool],
-    cfg: FitConfig,
-    rng: np.random.Generator,
-    n_train: int,
-    progress: bool,
-    console: Console | None,
-) -> list[dict[str, float]]:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     best, best_state, stale = math.inf, copy.deepcopy(net.state_dict()), 0
     history: list[dict[str, float]] = []
