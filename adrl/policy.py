@@ -558,9 +558,10 @@ class LoadedPolicy:
         d, rest = np.divmod(flat, self.nvec[1] * self.nvec[2])
         s, c = np.divmod(rest, self.nvec[2])
         cube = q.reshape(n, *self.nvec)
-        comps = np.stack(
-            [cube.sum(axis=(2, 3))[rows, d], cube.sum(axis=(1, 3))[rows, s], cube.sum(axis=(1, 2))[rows, c]], axis=1
-        )
+        comps = np.empty((n, 3))  # each component's marginal at the chosen value (gathered first: 4x less summing)
+        comps[:, 0] = cube[rows, d].sum(axis=(1, 2))
+        comps[:, 1] = cube[rows, :, s].sum(axis=(1, 2))
+        comps[:, 2] = cube[rows, :, :, c].sum(axis=(1, 2))
         return DecisionArrays(np.stack([d, s, c], axis=1), propensity, comps)
 
     # -- requests -------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Runs, one after another, against one uvicorn worker each:
 
 1. ``constant``: a FastAPI endpoint that returns a constant JSON body (the reference: HTTP + framework cost only);
 2. ``single``: ``POST /v1/decisions`` with one request per call (greedy policy, ε=0.05 exploration, durable log on);
-3. ``batch``: ``POST /v1/decisions`` with a list of ``--batch-size`` requests per call;
+3. ``batch``: after the decision log has joined and written the single phase's decisions, ``POST /v1/decisions``
+   with a list of ``--batch-size`` requests per call;
 4. ``at_rate``: after the decision log has written the batch phase's backlog (steady state), single decisions at
    about ``--rate`` requests/s (wrk's ``delay()`` paces each connection), for
    the latency percentiles under a fixed load.
@@ -219,6 +220,8 @@ def main() -> None:
             wait_ready(f"{base}/healthz", server)
             url = f"{base}/v1/decisions"
             result["single"] = run_wrk(wrk, url, single, duration=args.duration, connections=args.connections)
+            # each phase pays for logging its own decisions only: the single phase's joins finish first
+            result["drain_seconds_before_batch"] = wait_log_drained(base, timeout=120.0)
             b = run_wrk(wrk, url, batch, duration=args.duration, connections=4)
             b["batch_size"] = args.batch_size
             b["decisions_per_s"] = round(b["req_per_s"] * args.batch_size, 1)

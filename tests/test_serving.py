@@ -144,6 +144,45 @@ def test_oversized_unknown_and_mistyped_feedback(client):
     assert r.status_code == 422 and "decision_id" in r.text
 
 
+def test_a_streamed_body_past_the_limit_gets_413(client):
+    chunk = json.dumps([REQ] * 100).encode()
+
+    def stream() -> Iterator[bytes]:  # no Content-Length: the limit is checked as the chunks arrive
+        for _ in range(4):
+            yield chunk
+
+    r = client.post("/v1/decisions", content=stream(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "passed the limit" in r.json()["detail"]
+    assert client.post("/v1/decisions", json=REQ).status_code == 200
+
+
+def test_the_fastapi_route_answers_like_the_middleware_fast_path(policy_dir, monkeypatch):
+    from fastapi import FastAPI
+
+    from adrl.serving.app import DecisionHandler, create_app, router
+
+    service = make_service(policy_dir, None, monkeypatch)
+    bare = FastAPI()  # the route alone, as an app without ServingMiddleware would serve it
+    bare.state.service = service
+    bare.state.decisions = DecisionHandler(service, max_body_bytes=1 << 20, max_batch=10)
+    bare.include_router(router)
+    with TestClient(bare) as c, TestClient(create_app(service, max_batch=10)) as fast:
+        for cl in (c, fast):
+            one = cl.post("/v1/decisions", json=REQ).json()
+            assert one["policy_id"].startswith("greedy") and 0 < one["propensity"] <= 1
+            many = cl.post("/v1/decisions", json=[REQ] * 3).json()
+            assert len(many) == 3 and all(m["step"] >= 0 for m in many)
+        assert fast.post("/v1/decisions", json=[REQ] * 11).status_code == 422
+
+
+def test_in_process_decisions_are_independent_dicts(policy_dir, monkeypatch):
+    with make_service(policy_dir, None, monkeypatch) as service:
+        a, b = service.decide_batch([REQ, REQ])
+        a["action"]["slot"] = "changed"
+        assert b["action"]["slot"] != "changed"
+        assert service.decide(REQ)["action"]["slot"] != "changed"
+
+
 def test_metrics_policy_and_openapi(client):
     client.post("/v1/decisions", json=REQ)
     client.post("/v1/decisions", json={"nope": 1})

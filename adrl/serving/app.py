@@ -1,12 +1,14 @@
 """The HTTP app: ``create_app(service)`` → FastAPI with ``/v1/decisions``, ``/v1/feedback``, ``/v1/policy``,
 ``/healthz``, ``/metrics`` and ``/openapi.json``.
 
-The decision route reads the raw body (size-limited, 413 beyond ``max_body_bytes``) and validates it with the
-request models in Rust (``TypeAdapter.validate_json``: unknown fields, wrong types, NaN/inf and bounds are 422s
-naming the field), skipping FastAPI's generic body handling. Single decisions that arrive together are served
-by one policy call (:class:`MicroBatcher`: everything queued in one event-loop pass), which keeps a heavy
-policy's per-call cost off each request. A pure ASGI middleware checks the API key on ``/v1/*`` (401) and
-records request counts and latency.
+``POST /v1/decisions`` is the hot path and is answered by the pure ASGI middleware itself, in front of FastAPI's
+router, exception and dependency layers (which cost about as much per request as the decision). It reads the raw
+body (size-limited, 413 beyond ``max_body_bytes``) and validates it with the request models in Rust
+(``TypeAdapter.validate_json``: unknown fields, wrong types, NaN/inf and bounds are 422s naming the field).
+The FastAPI route of the same path documents it in OpenAPI and serves it when the app runs without the middleware.
+Single decisions that arrive together are served by one policy call (:class:`MicroBatcher`: everything queued in
+one event-loop pass), which keeps a heavy policy's per-call cost off each request. The middleware also checks the
+API key on ``/v1/*`` (401) and records request counts and latency.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -44,6 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = "application/json"
+_JSON_BYTES = JSON.encode()
 ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
 
 
@@ -137,10 +141,13 @@ class MicroBatcher:
 class ServingMiddleware:
     """API-key check on ``/v1/*`` and request metrics, as plain ASGI (no per-request task or body copy)."""
 
-    def __init__(self, app: ASGIApp, *, service: PolicyService, api_key: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, service: PolicyService, api_key: str | None, decisions: DecisionHandler | None = None
+    ) -> None:
         self.app = app
         self.metrics = service.metrics
         self.api_key = api_key.encode() if api_key else None
+        self.decisions = decisions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,7 +177,10 @@ class ServingMiddleware:
                     [(b"www-authenticate", b'Bearer realm="adrl"')],
                 )
                 return
-            await self.app(scope, receive, send_status)
+            if self.decisions is not None and path == "/v1/decisions" and scope["method"] == "POST":
+                await self.decisions.asgi(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
         finally:
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
 
@@ -185,16 +195,15 @@ class ServingMiddleware:
 
 
 async def _send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    data = dumps(body)
+    await _send_bytes(send, status, dumps(body), headers)
+
+
+async def _send_bytes(send: Send, status: int, data: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", JSON.encode()),
-                (b"content-length", str(len(data)).encode()),
-                *(headers or []),
-            ],
+            "headers": [(b"content-type", _JSON_BYTES), (b"content-length", b"%d" % len(data)), *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": data})
@@ -210,21 +219,113 @@ async def get_service(request: Request) -> PolicyService:
 Service = Annotated[PolicyService, Depends(get_service)]
 
 
+def _too_large(size: int, limit: int, *, declared: bool) -> PayloadTooLarge:
+    if declared:
+        return PayloadTooLarge(
+            f"request body of {size} bytes is larger than the limit of {limit} bytes; send smaller batches"
+        )
+    return PayloadTooLarge(f"request body passed the limit of {limit} bytes; send smaller batches")
+
+
+def _check_declared(content_length: bytes | str | None, limit: int) -> None:
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise _too_large(int(content_length), limit, declared=True)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or :class:`PayloadTooLarge` as soon as it (or its Content-Length) passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes; send smaller batches"
-        )
+    _check_declared(request.headers.get("content-length"), limit)
     chunks = []
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(f"request body passed the limit of {limit} bytes; send smaller batches")
+            raise _too_large(total, limit, declared=False)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def _receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """:func:`read_body` on raw ASGI messages."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            _check_declared(value, limit)
+            break
+    chunks = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(total, limit, declared=False)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def error_status(e: Exception) -> tuple[int, str, Any, str | None] | None:
+    """HTTP status, metrics reason, ``detail`` and ``message`` of an error a route can raise (None: not ours)."""
+    if isinstance(e, InvalidRequest):
+        malformed = any(err.get("type") == "json_invalid" for err in e.errors)
+        status, reason = (400, "malformed_json") if malformed else (422, "invalid_request")
+        return status, reason, e.errors, str(e)
+    for cls, status, reason in (
+        (PayloadTooLarge, 413, "body_too_large"),
+        (UnknownDecision, 404, "unknown_decision"),
+        (FeedbackClosed, 409, "feedback_window_closed"),
+    ):
+        if isinstance(e, cls):
+            return status, reason, str(e), None
+    if isinstance(e, AdrlError):
+        return 500, type(e).__name__, str(e), None
+    return None
+
+
+def _error_body(detail: Any, message: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"detail": detail}
+    if message is not None:
+        body["message"] = message
+    return body
+
+
+class DecisionHandler:
+    """``POST /v1/decisions``: one request object or a list, as an ASGI handler and as a FastAPI route body."""
+
+    def __init__(self, service: PolicyService, *, max_body_bytes: int, max_batch: int) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.max_batch = max_batch
+        self.batcher = MicroBatcher(partial(service.decide_prepared, share=True))
+
+    async def decide(self, body: bytes) -> bytes:
+        """Response JSON for a request body (raises :class:`InvalidRequest` and friends)."""
+        parsed = parse_decision_body(body, max_batch=self.max_batch)
+        service = self.service
+        if isinstance(parsed, list):
+            return dumps(service.decide_validated(parsed, share=True))  # one encoding, policy call and journal write
+        return dumps(await self.batcher.submit(service.prepare(parsed, validated=True)))
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            data = await self.decide(await _receive_body(scope, receive, self.max_body_bytes))
+        except ClientGone:
+            return
+        except Exception as e:
+            known = error_status(e)
+            if known is None:
+                raise
+            status, reason, detail, message = known
+            self.service.metrics.count_error("/v1/decisions", reason)
+            await _send_json(send, status, _error_body(detail, message))
+            return
+        await _send_bytes(send, 200, data)
 
 
 def _json_body(schema: str, *, many: bool = False) -> dict[str, Any]:
@@ -258,16 +359,9 @@ ops_router = APIRouter()
     response_class=Response,
 )
 async def post_decisions(request: Request) -> Response:
-    # the hot path: no dependency injection, one validation pass in Rust, one encoding pass for a batch
-    state = request.app.state
-    body = await read_body(request, state.max_body_bytes)
-    parsed = parse_decision_body(body, max_batch=state.max_batch)
-    service: PolicyService = state.service
-    if isinstance(parsed, list):
-        result: Any = service.decide_validated(parsed)
-    else:
-        result = await state.batcher.submit(service.prepare(parsed, validated=True))
-    return Response(dumps(result), media_type=JSON)
+    # served by ServingMiddleware in front of this route when the app has it (create_app adds it)
+    handler: DecisionHandler = request.app.state.decisions
+    return Response(await handler.decide(await read_body(request, handler.max_body_bytes)), media_type=JSON)
 
 
 @router.post(
@@ -303,13 +397,14 @@ async def metrics(service: Service) -> Response:
 
 
 # ---- app ---------------------------------------------------------------------------------------------------
-def _error_response(request: Request, status: int, reason: str, detail: Any, message: str | None = None) -> Response:
+def _error_response(request: Request, e: Exception) -> Response:
+    known = error_status(e)
+    if known is None:
+        raise e
+    status, reason, detail, message = known
     path = request.url.path
     request.app.state.service.metrics.count_error(path if path in ROUTES else "other", reason)
-    body: dict[str, Any] = {"detail": detail}
-    if message is not None:
-        body["message"] = message
-    return Response(dumps(body), status_code=status, media_type=JSON)
+    return Response(dumps(_error_body(detail, message)), status_code=status, media_type=JSON)
 
 
 def create_app(
@@ -348,32 +443,12 @@ def create_app(
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
-    app.state.max_batch = max_batch
-    app.state.batcher = MicroBatcher(service.decide_prepared)
+    decisions = app.state.decisions = DecisionHandler(service, max_body_bytes=max_body_bytes, max_batch=max_batch)
     app.include_router(router)
     app.include_router(ops_router)
 
-    @app.exception_handler(InvalidRequest)
-    async def _invalid(request: Request, e: InvalidRequest) -> Response:
-        malformed = any(err.get("type") == "json_invalid" for err in e.errors)
-        status, reason = (400, "malformed_json") if malformed else (422, "invalid_request")
-        return _error_response(request, status, reason, e.errors, str(e))
-
-    @app.exception_handler(PayloadTooLarge)
-    async def _too_large(request: Request, e: PayloadTooLarge) -> Response:
-        return _error_response(request, 413, "body_too_large", str(e))
-
-    @app.exception_handler(UnknownDecision)
-    async def _unknown(request: Request, e: UnknownDecision) -> Response:
-        return _error_response(request, 404, "unknown_decision", str(e))
-
-    @app.exception_handler(FeedbackClosed)
-    async def _closed(request: Request, e: FeedbackClosed) -> Response:
-        return _error_response(request, 409, "feedback_window_closed", str(e))
-
-    @app.exception_handler(AdrlError)
-    async def _adrl(request: Request, e: AdrlError) -> Response:
-        return _error_response(request, 500, type(e).__name__, str(e))
+    for exc in (InvalidRequest, PayloadTooLarge, UnknownDecision, FeedbackClosed, AdrlError):
+        app.add_exception_handler(exc, _error_response)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -396,5 +471,5 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(ServingMiddleware, service=service, api_key=api_key)
+    app.add_middleware(ServingMiddleware, service=service, api_key=api_key, decisions=decisions)
     return app

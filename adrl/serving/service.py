@@ -225,18 +225,18 @@ class PolicyService:
         user = req.get("user")
         return Prepared(obs, req.get("episode_id"), req.get("step"), user.get("id") if user is not None else None)
 
-    def decide_prepared(self, items: Sequence[Prepared]) -> list[dict[str, Any]]:
+    def decide_prepared(self, items: Sequence[Prepared], *, share: bool = False) -> list[dict[str, Any]]:
         """Decide for encoded requests at once (one policy call), journal them, and return response dicts."""
         if not items:
             return []
         obs = np.stack([it.obs for it in items]) if len(items) > 1 else items[0].obs[None, :]
         return self._decide(
-            obs, [it.episode_id for it in items], [it.step for it in items], [it.user_id for it in items]
+            obs, [it.episode_id for it in items], [it.step for it in items], [it.user_id for it in items], share=share
         )
 
-    def decide_validated(self, requests: Sequence[DecisionRequest]) -> list[dict[str, Any]]:
+    def decide_validated(self, requests: Sequence[DecisionRequest], *, share: bool = False) -> list[dict[str, Any]]:
         """Decide for validated requests (from :func:`parse_decision_body`): one encoding pass, one policy call,
-        one journal write."""
+        one journal write. ``share``: the response dicts may share their constant parts (for immediate encoding)."""
         if not requests:
             return []
         obs = self.policy.encoder.encode_many(requests)
@@ -246,7 +246,7 @@ class PolicyService:
             steps.append(r.get("step"))
             user = r.get("user")
             users.append(user.get("id") if user is not None else None)
-        return self._decide(obs, episodes, steps, users)
+        return self._decide(obs, episodes, steps, users, share=share)
 
     def _decide(
         self,
@@ -254,6 +254,8 @@ class PolicyService:
         episodes: Sequence[str | int | None],
         steps: Sequence[int | None],
         users: Sequence[str | None],
+        *,
+        share: bool = False,
     ) -> list[dict[str, Any]]:
         arrays = self.policy.decide_arrays(obs)
         ids, out_steps = self.log.record_decisions(
@@ -263,12 +265,12 @@ class PolicyService:
         self.metrics.count_decisions(flat)
         actions = self._action_dicts
         pv, pid, explore = self.policy.policy_version, self.policy.policy_id, self._explore
-        return [
+        out = [
             {
                 "event_id": eid,
                 "episode_id": ep,
                 "step": step,
-                "action": actions[a].copy(),
+                "action": actions[a],
                 "propensity": p,
                 "propensities": {"delay": pd, "slot": ps, "creative": pc},
                 "policy_id": pid,
@@ -280,6 +282,10 @@ class PolicyService:
                 strict=True,
             )
         ]  # fmt: skip
+        if not share:  # callers in process own their dicts
+            for r in out:
+                r["action"] = r["action"].copy()
+        return out
 
     def decide(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """One decision for a request mapping (``user``, ``context``, ``history`` or ``obs``, ``episode_id``...)."""
