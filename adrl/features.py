@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from adrl.scenario import HOURS_PER_DAY, Scenario
-from adrl.world import NEVER, UserBatch
+from adrl.world import UserBatch
 
 Kind = Literal["categorical", "continuous", "count"]
 SIGNAL_BOUND = 4.0
@@ -50,6 +50,7 @@ class FeatureLayout:
     creatives: tuple[str, ...]
     delays: tuple[int, ...]
     start_hour: int = 0
+    exposure_half_life: float = 3.0  # hours; the decay of the exposure features
 
     @classmethod
     def from_scenario(cls, sc: Scenario) -> FeatureLayout:
@@ -70,6 +71,10 @@ class FeatureLayout:
         ]
         obs += [Feature(f"slot_count_{s.name}", "count", 0, cap) for s in sc.slots]
         obs += [Feature(f"creative_count_{c.name}", "count", 0, cap) for c in sc.creatives]
+        # impressions per slot decayed with the fatigue half-life; repeat: each also weighted by its creative's
+        # earlier showings today. Bounds: at most one impression an hour, so a geometric series caps both.
+        obs += [Feature(f"exposure_{s.name}", "continuous", 0, cap) for s in sc.slots]
+        obs += [Feature(f"repeat_exposure_{s.name}", "continuous", 0, cap * cap) for s in sc.slots]
         action = (
             Feature("delay", "categorical", 0, sc.n_delays - 1),
             Feature("slot", "categorical", 0, sc.n_slots - 1),
@@ -79,6 +84,9 @@ class FeatureLayout:
             Feature("times_seen", "count", 0, cap),
             Feature("hours_since_last_ad_at_impression", "continuous", 0, HOURS_PER_DAY),
             Feature("signal_of_category", "continuous", -SIGNAL_BOUND, SIGNAL_BOUND),
+            # the exposures decayed on to the impression hour: what the fatigue there is made of
+            *(Feature(f"exposure_{s.name}_at_impression", "continuous", 0, cap) for s in sc.slots),
+            *(Feature(f"repeat_exposure_{s.name}_at_impression", "continuous", 0, cap * cap) for s in sc.slots),
         )
         return cls(
             obs=tuple(obs),
@@ -90,6 +98,7 @@ class FeatureLayout:
             creatives=tuple(c.name for c in sc.creatives),
             delays=sc.delays,
             start_hour=sc.start_hour,
+            exposure_half_life=sc.dynamics.fatigue_half_life,
         )
 
     # ---- derived ---------------------------------------------------------------------------------------
@@ -116,6 +125,11 @@ class FeatureLayout:
     def index(self, name: str) -> int:
         return self.obs_names.index(name)
 
+    @cached_property
+    def creative_count_col(self) -> int:
+        """Column of the first ``creative_count_*`` feature (the creatives' counts are contiguous, in catalog order)."""
+        return self.index(f"creative_count_{self.creatives[0]}")
+
     def to_dict(self) -> dict[str, object]:
         return {
             "obs": [[f.name, f.kind, f.low, f.high] for f in self.obs],
@@ -127,6 +141,7 @@ class FeatureLayout:
             "creatives": list(self.creatives),
             "delays": list(self.delays),
             "start_hour": self.start_hour,
+            "exposure_half_life": self.exposure_half_life,
         }
 
     @cached_property
@@ -137,8 +152,9 @@ class FeatureLayout:
 
     # ---- encoding ----------------------------------------------------------------------------------------
     @cached_property
-    def _encode_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per-epoch lookup tables for ``encode``: time features (hour, sin, cos, progress) and window bit masks."""
+    def _encode_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-epoch lookup tables for ``encode``: time features (hour, sin, cos, progress), window bit masks and
+        exposure decay; then the bounds."""
         # every epoch a day can reach, and enough for all later epochs to encode alike (windows past bit 63 are empty)
         n_epochs = max(self.horizon + max(self.delays) + 2, 64 + max(WINDOWS) + 1)
         epoch = np.arange(n_epochs)
@@ -150,11 +166,12 @@ class FeatureLayout:
         time[:, 2] = np.cos(angle)
         time[:, 3] = np.minimum(epoch, self.horizon) / self.horizon
         windows = np.stack([_window_mask(epoch, w) for w in WINDOWS], axis=1)  # (n_epochs, len(WINDOWS)) uint64
-        return time, windows, self.obs_low, self.obs_high
+        decay = 0.5 ** (epoch / self.exposure_half_life)  # turns UserBatch's exposure accumulators into exposures
+        return time, windows, decay, self.obs_low, self.obs_high
 
     def encode(self, batch: UserBatch) -> np.ndarray:
         """Observation of every user in ``batch``: float32 (n, obs_dim), inside [obs_low, obs_high]."""
-        time, windows, low, high = self._encode_tables
+        time, windows, decay, low, high = self._encode_tables
         n = len(batch)
         k = len(self.categories)
         out = np.empty((n, self.obs_dim), dtype=np.float32)
@@ -167,15 +184,15 @@ class FeatureLayout:
         masks = windows.take(batch.epoch, axis=0, mode="clip")
         out[:, j : j + len(WINDOWS)] = np.bitwise_count(batch.impression_mask[:, None] & masks)
         j += len(WINDOWS)
-        since = batch.epoch - batch.last_impression
-        since[batch.last_impression == NEVER] = HOURS_PER_DAY
-        out[:, j] = since
+        out[:, j] = batch.epoch - batch.last_impression  # NEVER makes it huge: capped at a day below
         out[:, j + 1] = batch.clicks
         out[:, j + 2] = batch.conversions
         j += 3
         out[:, j : j + len(self.slots)] = batch.slot_counts
         j += len(self.slots)
         out[:, j : j + len(self.creatives)] = batch.creative_counts
+        j += len(self.creatives)
+        np.multiply(batch.exposure_acc, decay.take(batch.epoch, mode="clip")[:, None], out=out[:, j:])
         np.maximum(out, low, out=out)  # caps every feature, e.g. hours_since_last_ad at a day
         np.minimum(out, high, out=out)
         return out
@@ -192,7 +209,7 @@ class FeatureLayout:
         k = len(self.categories)
         hour_col = 1 + k
         since_col = self.index("hours_since_last_ad")
-        creative0 = self.obs_dim - len(self.creatives)
+        creative0 = self.creative_count_col
         rows = np.arange(n)
         out = np.empty((n, len(self.action)), dtype=np.float32)
         out[:, 0] = d
@@ -204,7 +221,20 @@ class FeatureLayout:
         out[:, 5] = obs[rows, creative0 + c]
         out[:, 6] = np.minimum(obs[:, since_col] + delay_hours, HOURS_PER_DAY)
         out[:, 7] = obs[rows, 1 + cat]
+        k = len(self.slots)
+        out[:, 8 : 8 + 2 * k] = obs[:, self.exposure_cols] * self.exposure_decay_of_delay[d][:, None]
         return out
+
+    @cached_property
+    def exposure_cols(self) -> np.ndarray:
+        """Observation columns of ``exposure_*`` then ``repeat_exposure_*`` (slot order)."""
+        names = [f"exposure_{s}" for s in self.slots] + [f"repeat_exposure_{s}" for s in self.slots]
+        return np.array([self.index(n) for n in names], dtype=np.intp)
+
+    @cached_property
+    def exposure_decay_of_delay(self) -> np.ndarray:
+        """float32 factor that carries an exposure from the decision to the impression, by delay index."""
+        return (0.5 ** (np.asarray(self.delays, dtype=np.float64) / self.exposure_half_life)).astype(np.float32)
 
 
 def _window_mask(epoch: np.ndarray, hours: int) -> np.ndarray:

@@ -83,6 +83,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 Signal = Annotated[float, Field(ge=-SIGNAL_BOUND, le=SIGNAL_BOUND)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Exposure = Annotated[float, Field(ge=0, le=1e6)]
 
 
 @with_config(_STRICT)
@@ -133,6 +134,20 @@ class History(TypedDict, total=False):
     conversions_today: Count
     slot_counts: Annotated[dict[str, Count], Field(description="impressions today per slot name")]
     creative_counts: Annotated[dict[str, Count], Field(description="impressions today per creative name")]
+    slot_exposure: Annotated[
+        dict[str, Exposure],
+        Field(
+            description="per slot name, today's impressions each weighted by 0.5 ** (hours ago / half-life), the "
+            "half-life being GET /v1/policy's exposure_half_life_hours; missing: 0"
+        ),
+    ]
+    slot_repeat_exposure: Annotated[
+        dict[str, Exposure],
+        Field(
+            description="as slot_exposure, each impression also weighted by how many times its creative had been "
+            "shown to the user earlier today; missing: 0"
+        ),
+    ]
 
 
 @with_config(_STRICT)
@@ -221,6 +236,14 @@ class RequestEncoder:
         self._conversions = layout.index("conversions_today")
         self._slots = {s: layout.index(f"slot_count_{s}") for s in layout.slots}
         self._creatives = {c: layout.index(f"creative_count_{c}") for c in layout.creatives}
+        self._exposure = {s: layout.index(f"exposure_{s}") for s in layout.slots}
+        self._repeat_exposure = {s: layout.index(f"repeat_exposure_{s}") for s in layout.slots}
+        self._named = (
+            ("slot_counts", self._slots),
+            ("creative_counts", self._creatives),
+            ("slot_exposure", self._exposure),
+            ("slot_repeat_exposure", self._repeat_exposure),
+        )
         self._hour_rows = np.empty((HOURS_PER_DAY, 4), dtype=np.float32)
         for h in range(HOURS_PER_DAY):
             angle = 2.0 * np.pi * h / HOURS_PER_DAY
@@ -283,8 +306,8 @@ class RequestEncoder:
                 f"must be <= clicks_today ({clicks}); a conversion follows a click",
                 conversions,
             )
-        for field, table in (("slot_counts", self._slots), ("creative_counts", self._creatives)):
-            counted: dict[str, int] = hist.get(field) or {}  # type: ignore[assignment]
+        for field, table in self._named:
+            counted: dict[str, float] = hist.get(field) or {}  # type: ignore[assignment]
             for name, value in counted.items():
                 j = table.get(name)
                 if j is None:
@@ -308,7 +331,7 @@ class RequestEncoder:
         if n == 0:
             return x
         segments, signal_cols = self._segment_table, self._signal
-        slot_cols, creative_cols = self._slots, self._creatives
+        named = self._named
         progress_col = self._hour + 3
         dense: list[float] = []  # per row: segment, impressions 1h/6h/24h, hours since last ad, clicks, conversions
         hours: list[int] = []
@@ -352,18 +375,13 @@ class RequestEncoder:
                     hist.get("clicks_today", 0),
                     hist.get("conversions_today", 0),
                 )
-                counted = hist.get("slot_counts")
-                if counted:
-                    for name, value in counted.items():
-                        cols.append(slot_cols[name])
-                        rows.append(i)
-                        vals.append(value)
-                counted = hist.get("creative_counts")
-                if counted:
-                    for name, value in counted.items():
-                        cols.append(creative_cols[name])
-                        rows.append(i)
-                        vals.append(value)
+                for field, table in named:
+                    counted = hist.get(field)
+                    if counted:
+                        for name, value in counted.items():
+                            cols.append(table[name])
+                            rows.append(i)
+                            vals.append(value)
             except (KeyError, TypeError):  # an unknown name (or an unhashable segment): encode() says which
                 bad = i
                 break
@@ -652,6 +670,7 @@ class LoadedPolicy:
             "segments": list(self.layout.segments),
             "categories": list(self.layout.categories),
             "obs_names": list(self.layout.obs_names),
+            "exposure_half_life_hours": self.layout.exposure_half_life,
             "layout_hash": self.layout.hash,
             "scenario_hash": self.scenario.content_hash,
             "scenario_name": self.scenario.name,

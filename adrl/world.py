@@ -8,23 +8,29 @@ Maths (per user u, creative c, slot s, impression hour h, fatigue f just before 
     f'          = f + annoyance_s · fatigue_sens_seg · (1 + wearout · times c was already shown to u)
     p_leave     = σ(base_leave + w_l · churn_sens_seg · f')                (after the impression)
 
-Fatigue halves every ``fatigue_half_life`` hours. An action (delay, slot, creative) taken at epoch t shows the ad at
-epoch t + delay; the next decision is at t + delay + 1. A delay that runs past the day shows nothing and ends it.
-``step`` is the one implementation of these dynamics: the logger, the single env (a batch of one) and the vector
-env all call it, with the same draws in the same order, so equal seeds give equal days.
+Fatigue halves every ``fatigue_half_life`` hours. The observable history keeps, per slot, today's impressions
+weighted by the same decay (``exposure``) and also by how often the creative had been shown before
+(``repeat_exposure``); with them fatigue at epoch e is exactly
+``fatigue_sens_seg · Σ_s annoyance_s · (exposure_s + wearout · repeat_exposure_s)``, so a model of the logged
+features can rebuild it (it still has to learn the weights).
+
+An action (delay, slot, creative) taken at epoch t shows the ad at epoch t + delay; the next decision is at
+t + delay + 1. A delay that runs past the day shows nothing and ends it. ``step`` is the one implementation of these
+dynamics: the logger, the single env (a batch of one) and the vector env all call it, with the same draws in the
+same order, so equal seeds give equal days.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from adrl.errors import InvalidAction
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
-NEVER = -1  # last_impression value of a user who saw no ad today
+NEVER = -(1 << 40)  # last_impression of a user who saw no ad today: hours since it exceed any cap
 
 
 @dataclass
@@ -42,6 +48,10 @@ class UserBatch:
     conversions: np.ndarray  # (n,) int64 today
     slot_counts: np.ndarray  # (n, n_slots) int64 today
     creative_counts: np.ndarray  # (n, n_creatives) int64 today
+    # columns s: Σ over today's impressions in slot s of growth^epoch (growth = 1 / hourly decay); columns
+    # n_slots + s: the same, each times how often its creative had been shown before. × decay^epoch gives the
+    # exposure features (one add per impression, no per-step decay)
+    exposure_acc: np.ndarray  # (n, 2 * n_slots) float64
 
     def __len__(self) -> int:
         return int(self.segment.shape[0])
@@ -56,9 +66,11 @@ class UserBatch:
             getattr(self, f.name)[idx] = getattr(other, f.name)
 
 
-@dataclass(frozen=True)
-class Response:
-    """Outcome probabilities for a batch of impressions, each shape (n,)."""
+class Response(NamedTuple):
+    """Outcome probabilities for a batch of impressions, each shape (n,).
+
+    Named tuples (here and in :class:`StepResult`) because the single env builds one per step, and a frozen
+    dataclass's ``__init__`` costs several times more."""
 
     p_click: np.ndarray
     p_conversion: np.ndarray  # P(conversion | click)
@@ -80,8 +92,7 @@ class ResponseModel(Protocol):
     def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response: ...
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
     """What happened to each user of the batch in one decision, each shape (n,)."""
 
     reward: np.ndarray
@@ -131,12 +142,17 @@ class World:
         self._nvec_u64 = self._nvec.astype(np.uint64)  # negative int64 indices read as uint64 are huge: one compare
         self._epoch_bit = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))  # impression_mask bit of epoch
         self._decay_of_delay = self.decay_per_hour**self.delays  # by delay index
+        self.growth_of_epoch = self.decay_per_hour ** -np.arange(self.hour_of_epoch.shape[0], dtype=np.float64)
+        self._growth_list = self.growth_of_epoch.tolist()  # Python floats for the single-user path
+        self._n_slots = sc.n_slots
         self._log_activity_of_epoch = self.log_activity[:, self.hour_of_epoch]  # (S, epochs)
         self._quality_term = dyn.quality_weight * self.quality  # (C,)
         self._conv_base = dyn.base_conversion_logit + self.conv_propensity  # (S,)
         self._leave_slope = dyn.leave_fatigue_weight * self.churn_sens  # (S,)
         self._annoyance_of = self.annoyance[None, :] * self.fatigue_sens[:, None]  # (S, slots)
         self._conversion_reward = sc.rewards.conversion_weight * self.conversion_value  # (C,)
+        self._click_value = sc.rewards.click_value
+        self._horizon = sc.horizon
 
     # ---- users -----------------------------------------------------------------------------------------
     def sample_users(self, n: int, rng: np.random.Generator) -> UserBatch:
@@ -158,6 +174,7 @@ class World:
             conversions=np.zeros(n, dtype=np.int64),
             slot_counts=np.zeros((n, sc.n_slots), dtype=np.int64),
             creative_counts=np.zeros((n, sc.n_creatives), dtype=np.int64),
+            exposure_acc=np.zeros((n, 2 * sc.n_slots)),
         )
 
     # ---- response ----------------------------------------------------------------------------------------
@@ -252,11 +269,11 @@ class World:
             p = np.stack([resp.p_click, resp.p_conversion, resp.p_leave])
         u = rng.random((n, 3))
         hit = u < p.T  # (n, 3): click, conversion given click, leave
-        shown = at < self.scenario.horizon
+        shown = at < self._horizon
         click = shown & hit[:, 0]
         conversion = click & hit[:, 1]
         leave = shown & hit[:, 2]
-        reward = self.scenario.rewards.click_value * click + self._conversion_reward[c] * conversion - self.slot_cost[s]
+        reward = self._click_value * click + self._conversion_reward[c] * conversion - self.slot_cost[s]
         hour = self.hour_of_epoch[at]
         # bookkeeping (observable history and hidden fatigue)
         if np.count_nonzero(shown) == n:
@@ -271,23 +288,35 @@ class World:
         batch.last_impression[rows] = at_rows
         np.add(batch.clicks, click, out=batch.clicks)
         np.add(batch.conversions, conversion, out=batch.conversions)
-        bits = self._epoch_bit[at_rows]
         if n == 1:  # the single env: scalar updates cost a fraction of ufunc.at's per-call overhead
             if rows.size:
-                batch.impression_mask[0] |= bits[0]
-                batch.slot_counts[0, s_rows[0]] += 1
-                batch.creative_counts[0, c_rows[0]] += 1
-        elif n <= 32:  # ufunc.at has the least overhead on tiny batches, fancy += wins on large ones
-            np.bitwise_or.at(batch.impression_mask, rows, bits)
-            np.add.at(batch.slot_counts, (rows, s_rows), 1)
-            np.add.at(batch.creative_counts, (rows, c_rows), 1)
+                e0, s0, c0 = int(at_rows[0]), int(s_rows[0]), int(c_rows[0])
+                g0 = self._growth_list[e0]
+                acc, counts = batch.exposure_acc, batch.creative_counts
+                batch.impression_mask[0] |= self._epoch_bit[e0]
+                acc[0, s0] += g0
+                acc[0, self._n_slots + s0] += g0 * counts[0, c0]
+                batch.slot_counts[0, s0] += 1
+                counts[0, c0] += 1
         else:
-            batch.impression_mask[rows] |= bits
-            batch.slot_counts[rows, s_rows] += 1
-            batch.creative_counts[rows, c_rows] += 1
+            bits = self._epoch_bit[at_rows]
+            growth = self.growth_of_epoch[at_rows]
+            repeat_growth = growth * batch.creative_counts[rows, c_rows]
+            if n <= 32:  # ufunc.at has the least overhead on tiny batches, fancy += wins on large ones
+                np.bitwise_or.at(batch.impression_mask, rows, bits)
+                np.add.at(batch.exposure_acc, (rows, s_rows), growth)
+                np.add.at(batch.exposure_acc, (rows, s_rows + self._n_slots), repeat_growth)
+                np.add.at(batch.slot_counts, (rows, s_rows), 1)
+                np.add.at(batch.creative_counts, (rows, c_rows), 1)
+            else:
+                batch.impression_mask[rows] |= bits
+                batch.exposure_acc[rows, s_rows] += growth
+                batch.exposure_acc[rows, s_rows + self._n_slots] += repeat_growth
+                batch.slot_counts[rows, s_rows] += 1
+                batch.creative_counts[rows, c_rows] += 1
         batch.epoch = at + 1
         terminated = leave
-        truncated = ~terminated & (batch.epoch >= self.scenario.horizon)
+        truncated = ~terminated & (batch.epoch >= self._horizon)
         return StepResult(
             reward=reward,
             shown=shown,

@@ -57,7 +57,8 @@ class WorldValueModel:
         self._w = [self.layout.index(f"impressions_{h}h") for h in (1, 6, 24)]
         slot0 = self.layout.index(f"slot_count_{scenario.slots[0].name}")
         self._slots = slice(slot0, slot0 + scenario.n_slots)
-        self._creatives = slice(self.layout.obs_dim - scenario.n_creatives, self.layout.obs_dim)
+        c0 = self.layout.creative_count_col
+        self._creatives = slice(c0, c0 + scenario.n_creatives)
         f32 = np.float32
         self._mean32 = w.interest_mean.astype(f32)
         self._shrink32 = self.shrink.astype(f32)

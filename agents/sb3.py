@@ -15,10 +15,12 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from adrl.agents.base import check_obs, joint_probabilities, one_hot, unflatten
 from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
@@ -66,10 +68,37 @@ class _Relay(BaseCallback):
         return self.callback(self.agent, self.agent.steps_done, stats) is not False
 
 
+def obs_scale(layout: FeatureLayout) -> np.ndarray:
+    """Fixed per-feature factor that brings every observation into about [-1, 1] (SB3's MLPs do not scale inputs,
+    and raw counts and exposures reach tens); no statistics, so artifacts need nothing extra."""
+    return (1.0 / np.maximum(1.0, np.maximum(np.abs(layout.obs_low), np.abs(layout.obs_high)))).astype(np.float32)
+
+
+class ScaledObs(VecEnvWrapper):
+    """Multiplies observations (and terminal observations) by a fixed per-feature ``scale``."""
+
+    def __init__(self, venv: VecEnv, scale: np.ndarray) -> None:
+        box = venv.observation_space
+        assert isinstance(box, spaces.Box)
+        space = spaces.Box(box.low * scale, box.high * scale, dtype=np.float32)
+        super().__init__(venv, observation_space=space)
+        self.scale = scale
+
+    def reset(self) -> VecEnvObs:
+        return np.asarray(self.venv.reset()) * self.scale
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, reward, done, infos = self.venv.step_wait()
+        for info in infos:
+            if "terminal_observation" in info:
+                info["terminal_observation"] = info["terminal_observation"] * self.scale
+        return np.asarray(obs) * self.scale, reward, done, infos
+
+
 class SB3Agent:
     """An SB3 algorithm with the adrl agent protocol; ``kind`` is ``sb3-<algo>``."""
 
-    version = 1
+    version = 2  # 2: observations scaled by obs_scale
     kinds: ClassVar[tuple[str, ...]] = tuple(f"sb3-{a}" for a in ALGOS)
 
     def __init__(self, scenario: Scenario, config: SB3Config | None = None, *, seed: int | None = None) -> None:
@@ -79,6 +108,7 @@ class SB3Agent:
         self.layout = FeatureLayout.from_scenario(scenario)
         self.nvec = scenario.action_nvec
         self.obs_dim = self.layout.obs_dim
+        self.scale = obs_scale(self.layout)
         self.flat = self.config.algo == "dqn"
         self.seed = seed
         self.steps_done = 0
@@ -93,14 +123,16 @@ class SB3Agent:
             raise ConfigError(f"invalid {self.config.algo} hyper-parameter: {e}") from e
 
     def _vec_env(self, env: Any) -> VecEnv:
-        if isinstance(env, VecEnv):
+        if isinstance(env, ScaledObs) or (isinstance(env, VecMonitor) and isinstance(env.venv, ScaledObs)):
             return env if isinstance(env, VecMonitor) else VecMonitor(env)
+        if isinstance(env, VecEnv):
+            return VecMonitor(ScaledObs(env.venv if isinstance(env, VecMonitor) else env, self.scale))
         from adrl.envs.sb3 import AdPlacementSB3VecEnv
 
         scenario = getattr(env, "scenario", self.scenario)
         response = getattr(env, "response", None)
         venv = AdPlacementSB3VecEnv(int(env.num_envs), scenario, response, flat_actions=self.flat, seed=self.seed)
-        return VecMonitor(venv)
+        return VecMonitor(ScaledObs(venv, self.scale))
 
     # ---- policy ------------------------------------------------------------------------------------------------
     def _require_model(self) -> BaseAlgorithm:
@@ -110,7 +142,7 @@ class SB3Agent:
 
     def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
         model = self._require_model()
-        x = check_obs(obs, self.obs_dim)
+        x = check_obs(obs, self.obs_dim) * self.scale
         action, _ = model.predict(x, deterministic=deterministic)
         action = np.asarray(action, dtype=np.int64)
         return unflatten(action.reshape(-1), self.nvec) if self.flat else action.reshape(-1, 3)
@@ -118,7 +150,7 @@ class SB3Agent:
     @torch.no_grad()
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         model = self._require_model()
-        x = check_obs(obs, self.obs_dim)
+        x = check_obs(obs, self.obs_dim) * self.scale
         tensor, _ = model.policy.obs_to_tensor(x)
         if self.flat:
             q = model.policy.q_net(tensor)  # type: ignore[operator]
@@ -180,7 +212,7 @@ class SB3Agent:
 
         with warnings.catch_warnings():  # a 1-env stand-in makes SB3 warn about rollout sizes it never uses
             warnings.simplefilter("ignore", UserWarning)
-            model = agent._make_model(VecMonitor(AdPlacementSB3VecEnv(1, scenario, flat_actions=agent.flat)))
+            model = agent._make_model(agent._vec_env(AdPlacementSB3VecEnv(1, scenario, flat_actions=agent.flat)))
         load_torch_state(path, {"policy": model.policy}, model.policy.optimizer, manifest)
         agent.model = model
         agent.steps_done = int(manifest.get("steps_done", 0))

@@ -206,9 +206,16 @@ def main() -> None:
                     "covered": [bool(v.covers(ep_truth)) for v in ep_vals],
                     "ess": [None if math.isnan(v.ess) else round(v.ess, 1) for v in ep_vals],
                 }
+        # the error falls as 1/sqrt(n) once the weights' tail is sampled: the log size DR would need for 5 %
+        dr_err = per["dr"]["mean_abs_rel_error"]
         report["targets"][name] = {
             "policy": notes[name],
             "per_decision_true_value": population,
+            "dr_meets_5pct": dr_err < 0.05 and per["sndr"]["mean_abs_rel_error"] < 0.05,
+            "coverage_ge_90pct_ips_snips_dr": all(
+                per[k]["coverage_population_truth"] >= 0.9 for k in ("ips", "snips", "dr")
+            ),
+            "decisions_per_draw_for_5pct_dr_projected": round(float(np.mean(n_decisions)) * (dr_err / 0.05) ** 2),
             "truth_sd_over_draws": float(cond.std(ddof=1)) if cond.size > 1 else None,
             "per_decision": per,
             "whole_episode": episode,

@@ -18,7 +18,8 @@ from adrl.scenario import Scenario
 USER = {"segment": "commuter", "signals": {"travel": 0.7}}
 CONTEXT = {"hour": 8}
 HISTORY = {"impressions_1h": 1, "impressions_6h": 2, "impressions_24h": 2, "hours_since_last_ad": 0.5,
-           "slot_counts": {"feed": 2}, "creative_counts": {"travel_0": 2}}  # fmt: skip
+           "slot_counts": {"feed": 2}, "creative_counts": {"travel_0": 2},
+           "slot_exposure": {"feed": 1.2}, "slot_repeat_exposure": {"feed": 0.7}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,9 @@ def test_encoding_matches_the_simulator_layout(greedy_dir):
     assert x[layout.index("hour")] == 8 and x[layout.index("day_progress")] == pytest.approx(8 / 24)
     assert x[layout.index("hours_since_last_ad")] == 0.5 and x[layout.index("slot_count_feed")] == 2
     assert x[layout.index("creative_count_travel_0")] == 2
+    assert x[layout.index("exposure_feed")] == pytest.approx(1.2)
+    assert x[layout.index("repeat_exposure_feed")] == pytest.approx(0.7) and x[layout.index("exposure_banner")] == 0
+    assert policy.describe()["exposure_half_life_hours"] == Scenario().dynamics.fatigue_half_life
     empty = policy.encode({"segment": 1}, {"hour": 0})
     assert empty[layout.index("hours_since_last_ad")] == 24  # no ad today, as the simulator encodes it
     assert (empty >= layout.obs_low).all() and (empty <= layout.obs_high).all()
@@ -71,6 +75,9 @@ def test_encoding_matches_the_simulator_layout(greedy_dir):
         ({"segment": "office", "age": 3}, CONTEXT, None, "Extra inputs are not permitted"),
         ({"segment": "office"}, CONTEXT, {"clicks_today": -1}, "greater than or equal to 0"),
         ({"segment": "office"}, CONTEXT, {"slot_counts": {"sky": 1}}, "history.slot_counts.sky"),
+        ({"segment": "office"}, CONTEXT, {"slot_exposure": {"sky": 1.0}}, "history.slot_exposure.sky"),
+        ({"segment": "office"}, CONTEXT, {"slot_repeat_exposure": {"feed": -0.5}}, "greater than or equal to 0"),
+        ({"segment": "office"}, CONTEXT, {"slot_exposure": {"feed": float("inf")}}, "finite number"),
         ({"segment": "office"}, CONTEXT, {"impressions_1h": 2, "impressions_6h": 1}, "shorter window"),
         ({"segment": "office"}, CONTEXT, {"clicks_today": 0, "conversions_today": 1}, "conversion follows a click"),
     ],
@@ -91,7 +98,7 @@ def test_raw_observation_is_checked_against_the_layout(greedy_dir):
     policy = load_policy(greedy_dir)
     x = policy.encode(USER, CONTEXT, HISTORY)
     assert policy.decide(obs=x).action == policy.decide(user=USER, context=CONTEXT, history=HISTORY).action
-    with pytest.raises(InvalidRequest, match="expected 29 values"):
+    with pytest.raises(InvalidRequest, match=f"expected {policy.layout.obs_dim} values"):
         policy.decide(obs=x[:-1])
     bad = x.copy()
     bad[policy.layout.index("hour")] = 7.5

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adrl.errors import InvalidAction
+from adrl.features import FeatureLayout
 from adrl.scenario import Scenario
 from adrl.world import UserBatch, World
 
@@ -145,3 +148,28 @@ def test_invalid_action_is_a_clear_error(world: World, bad: np.ndarray, message:
     users = world.sample_users(1, np.random.default_rng(0))
     with pytest.raises(InvalidAction, match=message):
         world.step(users, bad, np.random.default_rng(0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.sampled_from([1, 5, 40, 300]), seed=st.integers(0, 2**32 - 1))
+def test_exposure_features_rebuild_the_hidden_fatigue_exactly(n: int, seed: int) -> None:
+    """The logged per-slot exposures determine fatigue: a model of the observation can learn it in full."""
+    sc = Scenario()
+    world, layout = World(sc), FeatureLayout.from_scenario(sc)
+    exposure = [layout.index(f"exposure_{s.name}") for s in sc.slots]
+    repeat = [layout.index(f"repeat_exposure_{s.name}") for s in sc.slots]
+    rng = np.random.default_rng(seed)
+    batch = world.sample_users(n, rng)
+    while True:
+        live = np.flatnonzero(batch.epoch < sc.horizon)
+        if live.size == 0:
+            break
+        sub = batch.take(live)
+        obs = layout.encode(sub).astype(np.float64)
+        rebuilt = world.fatigue_sens[sub.segment] * (
+            (obs[:, exposure] + sc.dynamics.wearout * obs[:, repeat]) @ world.annoyance
+        )
+        np.testing.assert_allclose(rebuilt, sub.fatigue, rtol=1e-5, atol=1e-6)
+        act = np.stack([rng.integers(0, k, live.size) for k in sc.action_nvec], axis=1)
+        world.step(sub, act, rng)
+        batch.assign(live, sub)

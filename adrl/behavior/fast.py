@@ -8,8 +8,8 @@ Folding (exact up to float rounding) removes everything that does not depend on 
 * the dense standardisation is folded into the first layer's weights, which act on the raw observation;
 * the factorization term splits into a table ``F[segment, creative]`` and a per-creative linear map of the signals.
 
-What remains per batch is one (n, obs_dim + 3) @ (obs_dim + 3, h) matmul, two table gathers, the MLP's later layers
-and a sigmoid: no autograd, no torch.
+What remains per batch is one (n, obs_dim + a) @ (obs_dim + a, h) matmul (a: the action's dense inputs), two table
+gathers, the MLP's later layers and a sigmoid: no autograd, no torch.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class FastPredictor:
         self.delay_hours = np.asarray(layout.delays, dtype=np.float32)
         self.hour_col = layout.index("hour")
         self.since_col = layout.index("hours_since_last_ad")
-        self.creative0 = layout.obs_dim - self.n_creatives
+        self.creative0 = layout.creative_count_col
         self.signal_cols = np.array([layout.index(n) for n in encoder.signal_names], dtype=np.int64)
         self.signal0 = int(self.signal_cols[0])
 
@@ -71,7 +71,10 @@ class FastPredictor:
         w_scaled = w_dense / std[None, :]
         offset = b1 - w_scaled @ mean
         n_obs_dense = len(encoder.obs_dense_cols)
-        w_full = np.zeros((self.obs_dim + 3, w1.shape[0]))
+        self.n_action_dense = len(encoder.action_dense)
+        self.exposure_cols = layout.exposure_cols
+        self.exposure_decay = layout.exposure_decay_of_delay
+        w_full = np.zeros((self.obs_dim + self.n_action_dense, w1.shape[0]))
         w_full[encoder.obs_dense_cols] = w_scaled[:, :n_obs_dense].T
         w_full[self.obs_dim :] = w_scaled[:, n_obs_dense:].T
         self.w_full = np.ascontiguousarray(w_full, dtype=np.float32)
@@ -104,11 +107,12 @@ class FastPredictor:
         rows = np.arange(n)
         seg = obs[:, 0].astype(np.intp)
         delay_hours = self.delay_hours[d]
-        x = np.empty((n, self.obs_dim + 3), dtype=np.float32)
+        x = np.empty((n, self.obs_dim + self.n_action_dense), dtype=np.float32)
         x[:, : self.obs_dim] = obs
         x[:, self.obs_dim] = obs[rows, self.creative0 + c]
         x[:, self.obs_dim + 1] = np.minimum(obs[:, self.since_col] + delay_hours, HOURS_PER_DAY)
         x[:, self.obs_dim + 2] = obs[rows, self.signal0 + self.category_of[c]]
+        x[:, self.obs_dim + 3 :] = obs[:, self.exposure_cols] * self.exposure_decay[d][:, None]  # as encode_actions
         if self.raw_caps is not None:
             np.minimum(x, self.raw_caps, out=x)
         hour = (obs[:, self.hour_col] + delay_hours).astype(np.intp) % HOURS_PER_DAY

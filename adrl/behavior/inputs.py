@@ -27,8 +27,11 @@ HEADS = ("click", "conversion", "leave")  # conversion is over all impressions: 
 
 # observation columns that enter as embeddings (not dense); the decision hour is replaced by the impression hour
 _OBS_CATEGORICAL = ("segment", "hour")
-# action features (see FeatureLayout.encode_actions) that enter as dense values
-_ACTION_DENSE = ("times_seen", "hours_since_last_ad_at_impression", "signal_of_category")
+
+
+def action_dense(layout: FeatureLayout) -> tuple[str, ...]:
+    """Action features (see ``FeatureLayout.encode_actions``) that enter as dense values: the non-categorical ones."""
+    return tuple(f.name for f in layout.action if f.kind != "categorical")
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def count_caps(
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
     obs_cols = [i for i, f in enumerate(layout.obs) if f.kind == "count"]
-    act_cols = [i for i, f in enumerate(layout.action) if f.kind == "count" and f.name in _ACTION_DENSE]
+    act_cols = [i for i, f in enumerate(layout.action) if f.kind == "count"]
     features = [layout.obs[i] for i in obs_cols] + [layout.action[i] for i in act_cols]
     highs = np.array([int(f.high) for f in features], dtype=np.int64)
     hist = np.zeros((len(features), int(highs.max(initial=0)) + 1), dtype=np.int64)
@@ -145,6 +148,8 @@ class AdrlEncoder:
                 f"({len(layout.creatives)})"
             )
         names = layout.obs_names
+        self.action_dense = action_dense(layout)
+        self.action_dense_cols = [layout.action_names.index(n) for n in self.action_dense]
         self.obs_dense_cols = np.array([i for i, n in enumerate(names) if n not in _OBS_CATEGORICAL], dtype=np.int64)
         self.signal_names = tuple(f"signal_{c}" for c in layout.categories)
         self.spec = InputSpec(
@@ -156,17 +161,17 @@ class AdrlEncoder:
                 ("hour", HOURS_PER_DAY),
                 ("delay", len(layout.delays)),
             ),
-            dense=tuple(names[i] for i in self.obs_dense_cols) + _ACTION_DENSE,
+            dense=tuple(names[i] for i in self.obs_dense_cols) + self.action_dense,
             fm_user=("segment",),
             fm_user_dense=self.signal_names,
             fm_item=("creative", "category"),
         )
         self.nvec = np.array([len(layout.delays), len(layout.slots), len(layout.creatives)], dtype=np.int64)
         self.caps = self._check_caps(caps or {})
-        # upper bounds of the raw inputs [observation columns, then _ACTION_DENSE], None when nothing is capped
+        # upper bounds of the raw inputs [observation columns, then action_dense], None when nothing is capped
         self.raw_caps: np.ndarray | None = None
         if self.caps:
-            features = [*layout.obs, *(layout.action[layout.action_names.index(n)] for n in _ACTION_DENSE)]
+            features = [*layout.obs, *(layout.action[i] for i in self.action_dense_cols)]
             raw_names = [f.name for f in features]
             self.raw_caps = np.array([f.high for f in features], dtype=np.float32)
             for name, cap in self.caps.items():
@@ -175,12 +180,12 @@ class AdrlEncoder:
         self.dense_caps = None if self.raw_caps is None else self.raw_caps[self._raw_dense_cols()]
 
     def _raw_dense_cols(self) -> np.ndarray:
-        """Columns of the raw inputs [observation, _ACTION_DENSE] that make up ``dense``, in order."""
-        return np.concatenate([self.obs_dense_cols, self.layout.obs_dim + np.arange(len(_ACTION_DENSE))])
+        """Columns of the raw inputs [observation, action_dense] that make up ``dense``, in order."""
+        return np.concatenate([self.obs_dense_cols, self.layout.obs_dim + np.arange(len(self.action_dense))])
 
     def _check_caps(self, caps: Mapping[str, float]) -> dict[str, float]:
         kinds = {f.name: f.kind for f in self.layout.obs}
-        kinds |= {f.name: f.kind for f in self.layout.action if f.name in _ACTION_DENSE}
+        kinds |= {f.name: f.kind for f in self.layout.action if f.name in self.action_dense}
         out = {}
         for name, cap in caps.items():
             if kinds.get(name) != "count":
@@ -223,7 +228,7 @@ class AdrlEncoder:
         cat[:, 3] = action[:, 1]
         cat[:, 4] = act[:, names.index("impression_hour")]
         cat[:, 5] = action[:, 0]
-        dense = np.concatenate([obs[:, self.obs_dense_cols], act[:, [names.index(n) for n in _ACTION_DENSE]]], axis=1)
+        dense = np.concatenate([obs[:, self.obs_dense_cols], act[:, self.action_dense_cols]], axis=1)
         if self.dense_caps is not None:
             np.minimum(dense, self.dense_caps, out=dense)
         return cat, dense.astype(np.float32, copy=False)
