@@ -103,11 +103,17 @@ class WorldValueModel:
         time = self._log_activity32[seg[:, None], hour] - f32(dyn.fatigue_weight) * fatigue  # (n, D)
         logit = (f32(dyn.base_click_logit) + time)[:, :, None, None] + self._log_attention32[None, None, :, None]
         # float32 throughout: ranking actions needs no more, and the (n, D, S, C) part dominates the cost
-        p_click = _sigmoid(logit + base[:, None, None, :])  # (n, D, S, C)
+        q = logit + base[:, None, None, :]  # (n, D, S, C); the sigmoid and the rest run in place on it
+        np.negative(q, out=q)
+        np.exp(q, out=q)
+        q += 1.0
+        np.reciprocal(q, out=q)  # p_click
         p_conv = _sigmoid(self._conv_base32[seg, None] + f32(dyn.conversion_affinity_weight) * aff)
         rw = sc.rewards
         value = f32(rw.click_value) + f32(rw.conversion_weight) * self._conv_value32[None, :] * p_conv  # (n, C)
-        return p_click * value[:, None, None, :] - self._cost32[None, None, :, None]
+        q *= value[:, None, None, :]
+        q -= self._cost32[None, None, :, None]
+        return q
 
 
 class _Deterministic:
