@@ -269,3 +269,15 @@ def test_a_log_dir_of_another_layout_is_refused(policy_dir, tmp_path):
     other = Scenario(delays=(0, 1))
     with pytest.raises(FeatureMismatch, match="another --log-dir"):
         DecisionLog(other, log_dir=tmp_path, key=KEY.encode(), policy_version="v").start()
+
+
+def test_pending_decisions_cost_the_garbage_collector_nothing(policy_dir, tmp_path, monkeypatch):
+    import gc
+
+    with make_service(policy_dir, tmp_path / "log", monkeypatch) as service:
+        out = service.decide_batch([REQ] * 50)
+        service.feedback({"decision_id": out[0]["event_id"], "click": True})
+        gc.collect()  # the collector untracks tuples of atomic values on its first pass over them
+        held = [service.log._pending[d["event_id"]] for d in out]
+        assert not any(gc.is_tracked(p) for p in held)
+        assert not gc.is_tracked(service.log._feedback[out[0]["event_id"]])
