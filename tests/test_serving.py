@@ -274,7 +274,9 @@ def test_a_log_dir_of_another_layout_is_refused(policy_dir, tmp_path):
 def test_pending_decisions_cost_the_garbage_collector_nothing(policy_dir, tmp_path, monkeypatch):
     import gc
 
-    with make_service(policy_dir, tmp_path / "log", monkeypatch) as service:
+    monkeypatch.setenv("ADRL_LOG_KEY", KEY)
+    cfg = ServeConfig(policy=policy_dir, log_dir=tmp_path / "log", feedback_window=60.0)  # still pending below
+    with PolicyService.from_config(cfg) as service:
         out = service.decide_batch([REQ] * 50)
         service.feedback({"decision_id": out[0]["event_id"], "click": True})
         # a collection untracks a tuple whose items are untracked by then (an inner tuple met later in the same
