@@ -13,7 +13,10 @@ Runs, one after another, against one uvicorn worker each:
 Goals (issue 7): single ≥ 50% of constant (and ≥ 4,500 decisions/s), p99 < 25 ms at 1,000 req/s, batch ≥ 50,000
 decisions/s. ``wrk`` is installed with apt-get when missing. Everything listens on 127.0.0.1 and stops at the end.
 
-Usage: .venv/bin/python benchmarks/serve_load.py [--duration 5] [--connections 32] [--rate 1000]
+Each throughput phase (constant, single, batch) runs ``--repeats`` times and reports its best run with every run's
+rate: other load on the host only slows a run down.
+
+Usage: .venv/bin/python benchmarks/serve_load.py [--duration 5] [--connections 32] [--rate 1000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -126,6 +129,14 @@ def run_wrk(wrk: str, url: str, body: Path, *, duration: float, connections: int
     }
 
 
+def best_of(repeats: int, run: Any) -> dict:
+    """The run with the most requests/s of ``repeats`` (the host's other load only ever slows a run down), with
+    every run's rate listed."""
+    runs = [run() for _ in range(repeats)]
+    best = max(runs, key=lambda r: r["req_per_s"])
+    return {**best, "all_req_per_s": [r["req_per_s"] for r in runs]}
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -170,6 +181,12 @@ def wait_log_drained(base: str, *, timeout: float, limit: float = 100.0) -> floa
     return round(time.monotonic() - start, 2)
 
 
+def batch_run(wrk: str, url: str, batch: Path, base: str, duration: float) -> dict:
+    """One batch phase from a drained log (each run pays for logging its own decisions only)."""
+    wait_log_drained(base, timeout=120.0)
+    return run_wrk(wrk, url, batch, duration=duration, connections=4)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (4 runs)")
@@ -178,9 +195,12 @@ def main() -> None:
     ap.add_argument("--rate-connections", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--exploration", default="epsilon:0.05")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each throughput phase; the best is reported")
     args = ap.parse_args()
     if not 0 < args.duration <= 60:
         raise SystemExit("--duration must be in (0, 60] seconds")
+    if not 1 <= args.repeats <= 10:
+        raise SystemExit("--repeats must be in 1..10")
     wrk = ensure_wrk()
 
     from adrl.agents.baselines import GreedyPolicy
@@ -204,8 +224,11 @@ def main() -> None:
         const = subprocess.Popen([sys.executable, "-c", CONSTANT_APP, str(port)], stdout=subprocess.DEVNULL)
         try:
             wait_ready(f"http://127.0.0.1:{port}/docs", const)
-            result["constant"] = run_wrk(wrk, f"http://127.0.0.1:{port}/const", single, duration=args.duration,
-                                         connections=args.connections)  # fmt: skip
+            const_url = f"http://127.0.0.1:{port}/const"
+            result["constant"] = best_of(
+                args.repeats,
+                lambda: run_wrk(wrk, const_url, single, duration=args.duration, connections=args.connections),
+            )
         finally:
             stop(const)
 
@@ -219,10 +242,10 @@ def main() -> None:
         try:
             wait_ready(f"{base}/healthz", server)
             url = f"{base}/v1/decisions"
-            result["single"] = run_wrk(wrk, url, single, duration=args.duration, connections=args.connections)
-            # each phase pays for logging its own decisions only: the single phase's joins finish first
-            result["drain_seconds_before_batch"] = wait_log_drained(base, timeout=120.0)
-            b = run_wrk(wrk, url, batch, duration=args.duration, connections=4)
+            result["single"] = best_of(
+                args.repeats, lambda: run_wrk(wrk, url, single, duration=args.duration, connections=args.connections)
+            )
+            b = best_of(args.repeats, lambda: batch_run(wrk, url, batch, base, args.duration))
             b["batch_size"] = args.batch_size
             b["decisions_per_s"] = round(b["req_per_s"] * args.batch_size, 1)
             result["batch"] = b
