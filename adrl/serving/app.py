@@ -27,7 +27,7 @@ from pydantic import BaseModel, TypeAdapter
 from starlette.responses import Response
 
 from adrl.errors import AdrlError
-from adrl.policy import DecisionRequest, InvalidRequest
+from adrl.policy import Action, DecisionRequest, InvalidRequest
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.metrics import CONTENT_TYPE
 from adrl.serving.service import (
@@ -56,15 +56,6 @@ class PayloadTooLarge(AdrlError, ValueError):
 
 
 # ---- response documentation models (the routes build their JSON by hand) -----------------------------------------
-class ActionOut(BaseModel):
-    delay_index: int
-    delay_hours: int
-    slot_index: int
-    slot: str
-    creative_index: int
-    creative: str
-
-
 class PropensitiesOut(BaseModel):
     delay: float
     slot: float
@@ -77,7 +68,7 @@ class DecisionOut(BaseModel):
     event_id: str
     episode_id: str | int | None
     step: int
-    action: ActionOut
+    action: Action  # the in-process dataclass: the same fields
     propensity: float
     propensities: PropensitiesOut
     policy_id: str
