@@ -142,8 +142,8 @@ class World:
         self._nvec_u64 = self._nvec.astype(np.uint64)  # negative int64 indices read as uint64 are huge: one compare
         self._epoch_bit = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))  # impression_mask bit of epoch
         self._decay_of_delay = self.decay_per_hour**self.delays  # by delay index
-        self.growth_of_epoch = self.decay_per_hour ** -np.arange(self.hour_of_epoch.shape[0], dtype=np.float64)
-        self._growth_list = self.growth_of_epoch.tolist()  # Python floats for the single-user path
+        self._growth_of_epoch = self.decay_per_hour ** -np.arange(self.hour_of_epoch.shape[0], dtype=np.float64)
+        self._growth_list = self._growth_of_epoch.tolist()  # Python floats for the single-user path
         self._n_slots = sc.n_slots
         self._log_activity_of_epoch = self.log_activity[:, self.hour_of_epoch]  # (S, epochs)
         self._quality_term = dyn.quality_weight * self.quality  # (C,)
@@ -300,7 +300,7 @@ class World:
                 counts[0, c0] += 1
         else:
             bits = self._epoch_bit[at_rows]
-            growth = self.growth_of_epoch[at_rows]
+            growth = self._growth_of_epoch[at_rows]
             repeat_growth = growth * batch.creative_counts[rows, c_rows]
             if n <= 32:  # ufunc.at has the least overhead on tiny batches, fancy += wins on large ones
                 np.bitwise_or.at(batch.impression_mask, rows, bits)

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, TypeAdapter
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adrl.errors import AdrlError
@@ -48,6 +49,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = "application/json"
 _JSON_BYTES = JSON.encode()
+_UNAUTHORIZED = dumps(
+    {"detail": "missing or invalid API key; send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"}
+)
 ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
 
 
@@ -158,13 +162,10 @@ class ServingMiddleware:
         try:
             if self.api_key is not None and path.startswith("/v1/") and not self._authorized(scope):
                 self.metrics.count_error(route, "unauthorized")
-                await _send_json(
+                await _send_bytes(
                     send_status,
                     401,
-                    {
-                        "detail": "missing or invalid API key; send it as "
-                        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-                    },
+                    _UNAUTHORIZED,
                     [(b"www-authenticate", b'Bearer realm="adrl"')],
                 )
                 return
@@ -183,10 +184,6 @@ class ServingMiddleware:
             if name == b"x-api-key":
                 return hmac.compare_digest(value.strip(), self.api_key)
         return False
-
-
-async def _send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send_bytes(send, status, dumps(body), headers)
 
 
 async def _send_bytes(send: Send, status: int, data: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -210,52 +207,27 @@ async def get_service(request: Request) -> PolicyService:
 Service = Annotated[PolicyService, Depends(get_service)]
 
 
-def _too_large(size: int, limit: int, *, declared: bool) -> PayloadTooLarge:
-    if declared:
-        return PayloadTooLarge(
-            f"request body of {size} bytes is larger than the limit of {limit} bytes; send smaller batches"
-        )
-    return PayloadTooLarge(f"request body passed the limit of {limit} bytes; send smaller batches")
-
-
-def _check_declared(content_length: bytes | str | None, limit: int) -> None:
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise _too_large(int(content_length), limit, declared=True)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or :class:`PayloadTooLarge` as soon as it (or its Content-Length) passes ``limit``."""
-    _check_declared(request.headers.get("content-length"), limit)
-    chunks = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(total, limit, declared=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-async def _receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """:func:`read_body` on raw ASGI messages."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or :class:`PayloadTooLarge` as soon as its Content-Length or the bytes received pass
+    ``limit``; ``ClientDisconnect`` if the client goes away first (both routes read raw ASGI messages)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            _check_declared(value, limit)
+            if value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(
+                    f"request body of {int(value)} bytes is larger than the limit of {limit} bytes; "
+                    "send smaller batches"
+                )
             break
     chunks = []
     total = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientGone
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
-            raise _too_large(total, limit, declared=False)
+            raise PayloadTooLarge(f"request body passed the limit of {limit} bytes; send smaller batches")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -279,11 +251,17 @@ def error_status(e: Exception) -> tuple[int, str, Any, str | None] | None:
     return None
 
 
-def _error_body(detail: Any, message: str | None) -> dict[str, Any]:
+def error_reply(e: Exception, route: str, service: PolicyService) -> tuple[int, bytes] | None:
+    """Status and JSON body for an error a route raised, counted in the metrics (None: not ours to answer)."""
+    known = error_status(e)
+    if known is None:
+        return None
+    status, reason, detail, message = known
+    service.metrics.count_error(route if route in ROUTES else "other", reason)
     body: dict[str, Any] = {"detail": detail}
     if message is not None:
         body["message"] = message
-    return body
+    return status, dumps(body)
 
 
 class DecisionHandler:
@@ -305,16 +283,14 @@ class DecisionHandler:
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            data = await self.decide(await _receive_body(scope, receive, self.max_body_bytes))
-        except ClientGone:
+            data = await self.decide(await read_body(scope, receive, self.max_body_bytes))
+        except ClientDisconnect:
             return
         except Exception as e:
-            known = error_status(e)
-            if known is None:
+            reply = error_reply(e, "/v1/decisions", self.service)
+            if reply is None:
                 raise
-            status, reason, detail, message = known
-            self.service.metrics.count_error("/v1/decisions", reason)
-            await _send_json(send, status, _error_body(detail, message))
+            await _send_bytes(send, *reply)
             return
         await _send_bytes(send, 200, data)
 
@@ -352,7 +328,8 @@ ops_router = APIRouter()
 async def post_decisions(request: Request) -> Response:
     # served by ServingMiddleware in front of this route when the app has it (create_app adds it)
     handler: DecisionHandler = request.app.state.decisions
-    return Response(await handler.decide(await read_body(request, handler.max_body_bytes)), media_type=JSON)
+    body = await read_body(request.scope, request.receive, handler.max_body_bytes)
+    return Response(await handler.decide(body), media_type=JSON)
 
 
 @router.post(
@@ -368,7 +345,7 @@ async def post_decisions(request: Request) -> Response:
     response_class=Response,
 )
 async def post_feedback(request: Request, service: Service) -> Response:
-    body = await read_body(request, request.app.state.max_body_bytes)
+    body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
     return Response(dumps(service.feedback(parse_feedback_body(body))), media_type=JSON)
 
 
@@ -389,13 +366,11 @@ async def metrics(service: Service) -> Response:
 
 # ---- app ---------------------------------------------------------------------------------------------------
 def _error_response(request: Request, e: Exception) -> Response:
-    known = error_status(e)
-    if known is None:
+    reply = error_reply(e, request.url.path, request.app.state.service)
+    if reply is None:
         raise e
-    status, reason, detail, message = known
-    path = request.url.path
-    request.app.state.service.metrics.count_error(path if path in ROUTES else "other", reason)
-    return Response(dumps(_error_body(detail, message)), status_code=status, media_type=JSON)
+    status, data = reply
+    return Response(data, status_code=status, media_type=JSON)
 
 
 def create_app(
