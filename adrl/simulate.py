@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +41,11 @@ class SimulationSummary:
         return asdict(self)
 
 
-def make_logging_policy(name: str, scenario: Scenario, *, epsilon: float = 0.3) -> RandomPolicy | EpsilonGreedyPolicy:
-    """The named logging policy; ε-greedy explores uniformly around the myopic greedy targeting rule."""
+def make_logging_policy(
+    name: str, scenario: Scenario, *, epsilon: float | Sequence[float] = 0.3
+) -> RandomPolicy | EpsilonGreedyPolicy:
+    """The named logging policy; ε-greedy explores uniformly around the myopic greedy targeting rule, with one rate
+    for every action component or three (delay, slot, creative)."""
     if name == "random":
         return RandomPolicy(scenario)
     if name == "epsilon-greedy":
@@ -63,11 +66,11 @@ def logged_actions(
     if isinstance(policy, EpsilonGreedyPolicy):
         nvec, eps = policy.nvec, policy.epsilon
         greedy = policy.base.predict(obs)  # needed for every row: it sets the propensity of exploring rows too
-        explore = rng.random((n, 3)) < eps  # each component explores on its own
+        explore = policy.explore(n, rng)  # each component explores on its own
         uniform = uniform_actions(nvec, n, rng)
         action = np.where(explore, uniform, greedy)
         same = action == greedy
-        comp = [(1 - eps) * same[:, i] + eps / nvec[i] for i in range(3)]
+        comp = [(1 - eps[i]) * same[:, i] + eps[i] / nvec[i] for i in range(3)]
         return action, comp[0] * comp[1] * comp[2], (comp[0], comp[1], comp[2])
     action, probs = sample_actions(policy, obs, rng)
     nvec = policy.nvec  # type: ignore[attr-defined]
@@ -182,7 +185,7 @@ def simulate(
     n_users: int,
     out: Path | str,
     logging_policy: LoggingPolicyName | object = "epsilon-greedy",
-    epsilon: float = 0.3,
+    epsilon: float | Sequence[float] = 0.3,
     seed: int | None = 0,
     chunk_users: int = 65_536,
     workers: int = 2,

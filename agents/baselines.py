@@ -8,6 +8,7 @@ impression counts); the learned behavior model is another value model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -270,29 +271,42 @@ class PacingPolicy(_Deterministic):
         return cls(scenario, gap, cls._load_value_model(path, manifest, scenario))
 
 
+def component_epsilons(epsilon: float | Sequence[float], what: str = "epsilon") -> tuple[float, float, float]:
+    """One exploration rate per action component (delay, slot, creative) from one number or three, checked."""
+    values = [epsilon] if isinstance(epsilon, int | float) else list(epsilon)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{what} must be one number or three (delay, slot, creative), got {epsilon!r}")
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{what} must be in [0, 1], got {epsilon!r}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
 class EpsilonGreedyPolicy:
     """Each action component (delay, slot, creative) independently: with probability ``epsilon`` uniform, else the
-    base policy's choice.
+    base policy's choice. ``epsilon`` is one rate for every component or three (delay, slot, creative).
 
     Exploring per component keeps actions that differ from the base in one component (e.g. only the delay) likely
     enough for off-policy evaluation: their propensity is about ε/n_k instead of ε/n_actions for a joint mixture.
+    A separate rate per component lets a logger explore timing fully (ε_delay = 1) while still exploiting its
+    targeting, so timing policies such as pacing can be evaluated from its logs.
     """
 
     kind = "epsilon-greedy"
     version = 1
 
-    def __init__(self, base: _Deterministic, epsilon: float, *, seed: int | None = None) -> None:
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-        self.base, self.epsilon = base, epsilon
+    def __init__(self, base: _Deterministic, epsilon: float | Sequence[float], *, seed: int | None = None) -> None:
+        self.base, self.epsilon = base, component_epsilons(epsilon)
         self.nvec, self.obs_dim = base.nvec, base.obs_dim
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def save(self, path: Path) -> None:
         self.base.save(Path(path) / "base")
+        eps = self.epsilon[0] if len(set(self.epsilon)) == 1 else list(self.epsilon)
         write_policy_manifest(path, kind=self.kind, version=self.version, scenario=self.base.scenario,
-                              extra={"epsilon": self.epsilon, "seed": self.seed})  # fmt: skip
+                              extra={"epsilon": eps, "seed": self.seed})  # fmt: skip
 
     @classmethod
     def load(cls, path: Path) -> EpsilonGreedyPolicy:
@@ -301,23 +315,34 @@ class EpsilonGreedyPolicy:
         if not isinstance(base, _Deterministic):
             raise ArtifactError(f"{path}/base: epsilon-greedy needs a deterministic base policy, got {base.kind}")
         eps = manifest.get("epsilon")
-        if not isinstance(eps, int | float) or not 0.0 <= eps <= 1.0:
-            raise ArtifactError(f"{path}/manifest.json: epsilon must be a number in [0, 1], got {eps!r}")
-        return cls(base, float(eps), seed=manifest.get("seed"))
+        try:
+            rates = component_epsilons(eps)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ArtifactError(
+                f"{path}/manifest.json: epsilon must be a number in [0, 1] or three of them (delay, slot, creative), "
+                f"got {eps!r}"
+            ) from None
+        return cls(base, rates, seed=manifest.get("seed"))
+
+    def explore(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, 3) booleans: which components of each decision explore."""
+        return rng.random((n, 3)) < np.asarray(self.epsilon)
 
     def predict(self, obs: np.ndarray, *, deterministic: bool = False) -> np.ndarray:
         greedy = self.base.predict(obs)
         if deterministic:
             return greedy
         n = greedy.shape[0]
-        explore = self.rng.random((n, 3)) < self.epsilon
         uniform = uniform_actions(self.nvec, n, self.rng)
-        return np.where(explore, uniform, greedy)
+        return np.where(self.explore(n, self.rng), uniform, greedy)
 
     def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
-        """Per-component distributions, each (n, n_k): (1 − ε) on the base's choice plus ε / n_k everywhere."""
+        """Per-component distributions, each (n, n_k): (1 − ε_k) on the base's choice plus ε_k / n_k everywhere."""
         greedy = self.base.predict(obs)
-        return [(1 - self.epsilon) * one_hot(greedy[:, i], k) + self.epsilon / k for i, k in enumerate(self.nvec)]
+        return [
+            (1 - e) * one_hot(greedy[:, i], k) + e / k
+            for i, (k, e) in enumerate(zip(self.nvec, self.epsilon, strict=True))
+        ]
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
         pd, ps, pc = self.component_probabilities(obs)

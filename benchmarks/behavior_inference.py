@@ -30,7 +30,7 @@ def untrained_model(scenario: Scenario, cfg: FitConfig) -> BehaviorModel:
     layout = FeatureLayout.from_scenario(scenario)
     category_of = np.array([scenario.categories.index(c.category) for c in scenario.creatives])
     spec = AdrlEncoder(layout, category_of).spec
-    net = BehaviorNet(spec, embedding_dim=cfg.embedding_dim, fm_dim=cfg.fm_dim, hidden=cfg.hidden)
+    net = BehaviorNet(spec, embedding_dim=cfg.embedding_dim, fm_dim=cfg.fm_dim, hidden=cfg.hidden, wide=cfg.wide)
     return BehaviorModel(
         net,
         data_format="adrl",

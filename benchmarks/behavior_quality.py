@@ -10,7 +10,7 @@ What the truth has beyond it is the hidden interest, which a model of the logged
 signal (and, a little, through today's clicks), so the oracle is a practical ceiling for any such model and
 ``truth - observable_oracle`` the part of the gap that logged features cannot close.
 
-    .venv/bin/python benchmarks/behavior_quality.py [--users 96000] [--seed 0] [--logs FILE] [--out DIR]
+    .venv/bin/python benchmarks/behavior_quality.py [--users 103000] [--seed 0] [--logs FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def observable_oracle(scenario: Scenario, logs: Path, validation_fraction: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=96_000, help="user-days to simulate (96,000 gives ~1.0M impressions)")
+    ap.add_argument("--users", type=int, default=103_000, help="user-days to simulate (103,000 give 1.0M impressions)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--logs", type=Path, default=None, help="reuse this log instead of simulating")
     ap.add_argument("--out", type=Path, default=None, help="save the fitted model here")
@@ -99,6 +99,7 @@ def main() -> None:
             m.pop("calibration_by_hour")
     click = report.metrics["click"]
     checks: dict[str, bool] = {
+        "at_least_1M_impressions": n_impressions is None or n_impressions >= 1_000_000,
         "click_auc_within_0.01_of_truth": click["truth"].auc - click["model"].auc <= 0.01,
         "click_ece_below_0.01": click["model"].ece < 0.01,
         "click_log_loss_below_logistic_regression": click["model"].log_loss < click["logistic_regression"].log_loss,

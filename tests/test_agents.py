@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,30 @@ def test_sampling_frequencies_match_action_probabilities(stochastic: str) -> Non
     )
     freq = counts / len(obs)
     assert np.abs(freq - probs).max() < 4 * np.sqrt(probs.max() * (1 - probs.max()) / len(obs)) + 1e-3
+
+
+def test_per_component_epsilon_round_trips_and_bad_rates_are_refused(tmp_path: Path) -> None:
+    policy = EpsilonGreedyPolicy(PacingPolicy(TINY, 3), (1.0, 0.5, 0.0), seed=2)
+    obs = observations(TINY)
+    pd, ps, pc = policy.component_probabilities(obs)
+    np.testing.assert_allclose(pd, 1 / TINY.n_delays)  # ε = 1: uniform whatever the base says
+    assert set(np.unique(ps.round(9))) == {round(0.5 / TINY.n_slots, 9), round(0.5 + 0.5 / TINY.n_slots, 9)}
+    np.testing.assert_array_equal(pc.argmax(axis=1), policy.base.predict(obs)[:, 2])
+    assert set(np.unique(pc)) == {0.0, 1.0}
+    policy.save(tmp_path / "eg")
+    loaded = load_policy_artifact(tmp_path / "eg")
+    assert isinstance(loaded, EpsilonGreedyPolicy) and loaded.epsilon == (1.0, 0.5, 0.0)
+    np.testing.assert_array_equal(loaded.action_probabilities(obs), policy.action_probabilities(obs))
+    manifest = tmp_path / "eg" / "manifest.json"
+    for bad in ([0.1, 0.2], [0.1, 2.0, 0.1], "0.3", True):
+        data = json.loads(manifest.read_text())
+        data["epsilon"] = bad
+        manifest.write_text(json.dumps(data))
+        with pytest.raises(ArtifactError, match="epsilon must be a number in"):
+            load_policy_artifact(tmp_path / "eg")
+    for bad_rate in (-0.1, (0.1, 0.2), (0.1, 0.2, 1.01)):
+        with pytest.raises(ValueError, match="epsilon must"):
+            EpsilonGreedyPolicy(PacingPolicy(TINY, 3), bad_rate)
 
 
 def test_q_learning_beats_greedy_on_the_default_market_with_a_small_budget() -> None:

@@ -25,7 +25,7 @@ from adrl.behavior import (
 from adrl.behavior.metrics import auc, expected_calibration_error, head_metrics
 from adrl.behavior.training import AdrlLogSource, unit_hash
 from adrl.cli import app
-from adrl.errors import ArtifactError, DataError, FeatureMismatch
+from adrl.errors import ArtifactError, ConfigError, DataError, FeatureMismatch
 from adrl.features import FeatureLayout
 from adrl.logs import feature_columns, read_logs
 from adrl.scenario import Scenario
@@ -133,6 +133,25 @@ def test_fast_path_matches_the_torch_network(report: FitReport, logged: tuple[np
     for got, want in zip(fast, (p[:, 0], p[:, 0] * p[:, 1], p[:, 2]), strict=True):
         assert got.dtype == np.float32 and got.shape == (len(cat),)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_without_the_wide_part_still_loads_and_a_bad_flag_is_refused(
+    log_path: Path, logged: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    narrow = fit_adrl(log_path, cfg=FitConfig(epochs=1, baselines=False, wide=False), progress=False).model
+    assert not narrow.net.wide and not hasattr(narrow.net, "wide_dense")
+    path = narrow.save(tmp_path / "narrow")
+    manifest = json.loads((path / "model.json").read_text())
+    del manifest["architecture"]["wide"]  # as written before the wide part existed
+    (path / "model.json").write_text(json.dumps(manifest))
+    for a, b in zip(narrow.predict(*logged), BehaviorModel.load(path).predict(*logged), strict=True):
+        np.testing.assert_array_equal(a, b)
+    manifest["architecture"]["wide"] = "yes"
+    (path / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="'wide' must be true or false"):
+        BehaviorModel.load(path)
+    with pytest.raises(ConfigError, match="wide must be true or false"):
+        FitConfig(wide="yes")  # type: ignore[arg-type]
 
 
 def test_save_load_round_trip_gives_identical_predictions(

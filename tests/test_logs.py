@@ -55,14 +55,18 @@ def test_parquet_round_trips_with_the_schema(log_path: Path) -> None:
     assert np.all(obs >= layout.obs_low) and np.all(obs <= layout.obs_high)
 
 
-@pytest.mark.parametrize("name", ["random", "epsilon-greedy"])
-def test_logged_propensities_are_the_logging_policy_probabilities(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "epsilon"), [("random", 0.2), ("epsilon-greedy", 0.2), ("epsilon-greedy", (1.0, 0.5, 0.3))]
+)
+def test_logged_propensities_are_the_logging_policy_probabilities(
+    tmp_path: Path, name: str, epsilon: float | tuple[float, float, float]
+) -> None:
     sc = Scenario()
     layout = FeatureLayout.from_scenario(sc)
     out = tmp_path / "l.parquet"
-    simulate(sc, n_users=200, out=out, logging_policy=name, epsilon=0.2, seed=0, progress=False)
+    simulate(sc, n_users=200, out=out, logging_policy=name, epsilon=epsilon, seed=0, progress=False)
     df = read_logs(out)
-    policy = make_logging_policy(name, sc, epsilon=0.2)
+    policy = make_logging_policy(name, sc, epsilon=epsilon)
     obs = df[feature_columns(layout)].to_numpy(dtype=np.float32)
     probs = policy.action_probabilities(obs)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)  # a distribution over the whole action space
@@ -79,6 +83,20 @@ def test_logged_propensities_are_the_logging_policy_probabilities(tmp_path: Path
 def test_epsilon_greedy_logs_explore_every_dimension(log_path: Path) -> None:
     df = read_logs(log_path)
     assert df["delay"].nunique() == 4 and df["slot"].nunique() == 3 and df["creative"].nunique() == 12
+
+
+def test_per_component_epsilon_explores_each_component_at_its_own_rate(tmp_path: Path) -> None:
+    sc = Scenario()
+    out = tmp_path / "l.parquet"
+    simulate(sc, n_users=3000, out=out, epsilon=(1.0, 0.0, 0.3), seed=0, progress=False)
+    df = read_logs(out)
+    # delay fully random: uniform over the 4 delays, whatever the greedy rule prefers
+    share = df["delay"].value_counts(normalize=True).sort_index().to_numpy()
+    np.testing.assert_allclose(share, 0.25, atol=0.02)
+    np.testing.assert_allclose(df["propensity_delay"], 0.25)
+    # slot never explores: every logged slot is the greedy one, with propensity 1
+    np.testing.assert_allclose(df["propensity_slot"], 1.0)
+    assert set(np.unique(df["propensity_creative"].round(6))) == {round(0.3 / 12, 6), round(0.7 + 0.3 / 12, 6)}
 
 
 def test_missing_column_wrong_dtype_and_empty_file_are_clear(tmp_path: Path, log_path: Path) -> None:
@@ -144,6 +162,15 @@ def test_cli_simulate_writes_logs_and_reports_errors(tmp_path: Path) -> None:
     assert "horizon = 0" in result.output
     result = runner.invoke(app, ["simulate", "--users", "0"])
     assert result.exit_code != 0
+    three = tmp_path / "three.parquet"
+    result = runner.invoke(app, ["simulate", "--users", "30", "--epsilon", "1,0.5,0.3", "--out", str(three), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(np.unique(read_logs(three)["propensity_delay"])) == {0.25}
+    for bad_eps, says in [("1.5", "must be in [0, 1]"), ("1,0.5", "one number or three"), ("x", "is not a number")]:
+        result = runner.invoke(app, ["simulate", "--users", "5", "--epsilon", bad_eps, "--out", str(tmp_path / "e.pq")])
+        assert result.exit_code == 2, result.output
+        assert says in result.output and "delay,slot,creative" in result.output
+    assert not (tmp_path / "e.pq").exists()
 
 
 def test_every_command_help_shows_an_example() -> None:

@@ -6,7 +6,8 @@ Folding (exact up to float rounding) removes everything that does not depend on 
   always appear together are summed into joint tables: ``A[segment, hour]`` and ``B[creative, slot, delay]`` (the
   creative fixes the category; the first layer's bias and the dense standardisation offset go into ``B``);
 * the dense standardisation is folded into the first layer's weights, which act on the raw observation;
-* the factorization term splits into a table ``F[segment, creative]`` and a per-creative linear map of the signals.
+* the factorization term splits into a table ``F[segment, creative]`` and a per-creative linear map of the signals;
+* the wide part becomes a per-segment linear map of the raw inputs and a ``[segment, hour]`` table of logits.
 
 What remains per batch is one (n, obs_dim + a) @ (obs_dim + a, h) matmul (a: the action's dense inputs), two table
 gathers, the MLP's later layers and a sigmoid: no autograd, no torch.
@@ -100,6 +101,22 @@ class FastPredictor:
         g = np.einsum("jk,cj,hj->kch", p, v, f)  # (K, C, 3)
         self.w_signal = np.ascontiguousarray(g.reshape(len(sig_idx), -1), dtype=np.float32)
 
+        # wide part: G[seg] (x - m) / s becomes raw x @ W_wide[:, seg] minus a per-segment offset (into table_f),
+        # and T[seg, hour] a table of logits
+        self.n_segments = len(layout.segments)
+        self.w_wide: np.ndarray | None = None
+        self.table_t: np.ndarray | None = None
+        if net.wide:
+            n_dense = len(mean)
+            gw = _np(net.wide_dense.weight).reshape(self.n_segments, n_dense, 3) / std[None, :, None]
+            w_wide = np.zeros((self.obs_dim + self.n_action_dense, self.n_segments, 3))
+            w_wide[encoder.obs_dense_cols] = gw[:, :n_obs_dense].transpose(1, 0, 2)
+            w_wide[self.obs_dim :] = gw[:, n_obs_dense:].transpose(1, 0, 2)
+            self.w_wide = np.ascontiguousarray(w_wide.reshape(w_wide.shape[0], -1), dtype=np.float32)
+            fm_cat -= np.einsum("sdh,d->sh", gw, mean)[:, None, :]
+            self.table_f = np.ascontiguousarray(fm_cat.reshape(-1, 3), dtype=np.float32)
+            self.table_t = np.ascontiguousarray(_np(net.wide_hour.weight), dtype=np.float32)  # seg * 24 + hour
+
     def logits(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """(n, 3) click, cvr and leave logits; ``obs`` float32 (n, obs_dim), ``action`` int (n, 3), both checked."""
         n = obs.shape[0]
@@ -128,6 +145,10 @@ class FastPredictor:
             out = h @ self.w_head
             out += np.take(self.table_f, seg * self.n_creatives + c, axis=0)
             q = (obs[:, self.signal_cols] @ self.w_signal).reshape(n, self.n_creatives, 3)
+            if self.w_wide is not None and self.table_t is not None:
+                wide = (x @ self.w_wide).reshape(n, self.n_segments, 3)
+                out += wide[rows, seg]
+                out += np.take(self.table_t, seg * HOURS_PER_DAY + hour, axis=0)
         out += q[rows, c]
         return out
 

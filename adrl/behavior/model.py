@@ -234,8 +234,15 @@ class BehaviorModel:
         spec = InputSpec.from_dict(_field(manifest, "inputs", dict, src), source=src)
         arch = _field(manifest, "architecture", dict, src)
         try:
+            wide = arch.get("wide", False)  # artifacts written before the wide part have none
+            if not isinstance(wide, bool):
+                raise TypeError(f"'wide' must be true or false, got {wide!r}")
             net = BehaviorNet(
-                spec, embedding_dim=int(arch["embedding_dim"]), fm_dim=int(arch["fm_dim"]), hidden=arch["hidden"]
+                spec,
+                embedding_dim=int(arch["embedding_dim"]),
+                fm_dim=int(arch["fm_dim"]),
+                hidden=arch["hidden"],
+                wide=wide,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{src}: 'architecture' is malformed ({e!r})") from e

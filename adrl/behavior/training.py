@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scipy import sparse
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec, count_caps
 from adrl.behavior.metrics import HeadMetrics, head_metrics
@@ -55,6 +56,8 @@ class FitConfig:
     embedding_dim: int = 8
     fm_dim: int = 8
     hidden: tuple[int, ...] = (64, 64)
+    # a wide part beside the network: per-segment linear terms on the dense inputs and a segment x hour table
+    wide: bool = True
     validation_fraction: float = 0.2
     seed: int | None = 0
     read_rows: int = 65_536
@@ -70,6 +73,9 @@ class FitConfig:
     # count features are capped at this quantile of the training rows (adrl logs; None: no caps), so the model
     # never extrapolates a count past what the logs cover (see adrl.behavior.inputs.count_caps)
     input_cap_quantile: float | None = 0.999
+    # validation, early stopping and the saved model use an exponential moving average of the weights over about
+    # this many epochs (None: the raw weights): it averages out the noise of the last minibatch steps
+    ema_epochs: float | None = 2.5
 
     def __post_init__(self) -> None:
         positive: tuple[str, ...] = (
@@ -97,6 +103,11 @@ class FitConfig:
             raise ConfigError(f"input_cap_quantile must be in (0, 1] or None, got {q!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must list one or more layer widths >= 1, got {list(self.hidden)}")
+        if not isinstance(self.wide, bool):
+            raise ConfigError(f"wide must be true or false, got {self.wide!r}")
+        e = self.ema_epochs
+        if e is not None and not (isinstance(e, int | float) and not isinstance(e, bool) and 0.0 < e < 1000.0):
+            raise ConfigError(f"ema_epochs must be a number of epochs in (0, 1000) or None, got {e!r}")
 
 
 @dataclass
@@ -606,7 +617,7 @@ def _make_net(
     spec: InputSpec, cfg: FitConfig, mean: np.ndarray, std: np.ndarray, rates: Any, torch_seed: int
 ) -> BehaviorNet:
     torch.manual_seed(torch_seed)
-    net = BehaviorNet(spec, embedding_dim=cfg.embedding_dim, fm_dim=cfg.fm_dim, hidden=cfg.hidden)
+    net = BehaviorNet(spec, embedding_dim=cfg.embedding_dim, fm_dim=cfg.fm_dim, hidden=cfg.hidden, wide=cfg.wide)
     net.set_normalization(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))
     net.set_base_rates([float(r) for r in rates])
     return net
@@ -649,9 +660,14 @@ def _train(
     progress: bool,
     console: Console | None,
 ) -> list[dict[str, float]]:
-    """Adam on minibatches; after each epoch the validation loss decides: keep the best, halve the learning rate
-    when it did not improve, stop after ``patience`` epochs without improvement."""
+    """Adam on minibatches; after each epoch the validation loss of the (averaged) weights decides: keep the best,
+    halve the learning rate when it did not improve, stop after ``patience`` epochs without improvement."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    ema = None
+    if cfg.ema_epochs is not None:
+        decay = 1.0 - 1.0 / max(cfg.ema_epochs * n_train / cfg.batch_size, 1.0)
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    scored = net if ema is None else cast(BehaviorNet, ema.module)
     best, best_state, stale = math.inf, copy.deepcopy(net.state_dict()), 0
     history: list[dict[str, float]] = []
     columns = (
@@ -674,11 +690,13 @@ def _train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 seen += len(b)
                 train_loss += loss.detach().item() * len(b)
                 bar.advance(task, len(b))
-            net.eval()
-            per_head = _validation_loss(net, val, heads)
+            scored.eval()
+            per_head = _validation_loss(scored, val, heads)
             val_loss = float(per_head.sum())
             row = {"epoch": epoch + 1, "train_loss": train_loss / max(seen, 1), "validation_loss": val_loss}
             row |= {f"validation_loss_{h}": float(x) for h, x in zip(HEADS, per_head, strict=True) if x}
@@ -687,7 +705,7 @@ def _train(
             last = f"{val_loss:.5f}"
             bar.update(task, val=last)
             if val_loss < best - 1e-6:
-                best, best_state, stale = val_loss, copy.deepcopy(net.state_dict()), 0
+                best, best_state, stale = val_loss, copy.deepcopy(scored.state_dict()), 0
             else:
                 stale += 1
                 for g in opt.param_groups:

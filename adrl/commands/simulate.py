@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from adrl.agents.baselines import component_epsilons
 from adrl.commands import cli_errors, console
+from adrl.errors import ConfigError
 from adrl.scenario import resolve_scenario
 from adrl.simulate import SimulationSummary, simulate
 
@@ -18,6 +20,17 @@ from adrl.simulate import SimulationSummary, simulate
 class LoggingPolicy(StrEnum):
     random = "random"
     epsilon_greedy = "epsilon-greedy"
+
+
+def parse_epsilon(text: str) -> tuple[float, float, float]:
+    """``0.3`` or ``1,0.5,0.3`` (delay, slot, creative) as three checked rates; ConfigError names the flag."""
+    try:
+        values = [float(v) for v in text.split(",")]
+        return component_epsilons(values, "--epsilon")
+    except ValueError as e:
+        detail = str(e) if "--epsilon" in str(e) else f"--epsilon {text!r} is not a number or a comma-separated list"
+        expected = "expected one rate in [0, 1] or three 'delay,slot,creative', e.g. 1,0.5,0.3"
+        raise ConfigError(f"{detail}; {expected}") from None
 
 
 def summary_table(s: SimulationSummary, title: str = "simulated logs") -> Table:
@@ -52,7 +65,13 @@ def register(app: typer.Typer) -> None:
         logging_policy: Annotated[LoggingPolicy, typer.Option(help="policy that chose the logged actions")] = (
             LoggingPolicy.epsilon_greedy
         ),
-        epsilon: Annotated[float, typer.Option(min=0.0, max=1.0, help="exploration rate of epsilon-greedy")] = 0.3,
+        epsilon: Annotated[
+            str,
+            typer.Option(
+                help="exploration rate of epsilon-greedy: one rate in [0, 1], or three 'delay,slot,creative' "
+                "(e.g. 1,0.5,0.3 randomises timing fully)"
+            ),
+        ] = "0.3",
         seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same file)")] = 0,
         chunk_users: Annotated[int, typer.Option(min=1, help="users simulated per chunk (bounds memory)")] = 65_536,
         json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -63,13 +82,14 @@ def register(app: typer.Typer) -> None:
         --logging-policy epsilon-greedy --seed 0 --out runs/logs.parquet
         """
         with cli_errors():
+            rates = parse_epsilon(epsilon)
             sc = resolve_scenario(scenario)
             summary = simulate(
                 sc,
                 n_users=users,
                 out=out,
                 logging_policy=logging_policy.value,
-                epsilon=epsilon,
+                epsilon=rates,
                 seed=seed,
                 chunk_users=chunk_users,
                 progress=not json_out,

@@ -8,6 +8,7 @@ quantity over every logged decision.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ def per_decision_truth(
     n_users: int,
     seed: int | None,
     logging_policy: str = "epsilon-greedy",
-    epsilon: float = 0.3,
+    epsilon: float | Sequence[float] = 0.3,
     chunk_users: int = 65_536,
 ) -> dict[str, float]:
     """Mean true expected immediate reward of each target's action distribution over the logged decisions.
