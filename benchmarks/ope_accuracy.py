@@ -181,6 +181,7 @@ def main() -> None:
         "n_users_per_draw": args.n_users,
         "mean_decisions_per_draw": float(np.mean(n_decisions)),
         "n_boot": args.n_boot,
+        "interval": "BCa bootstrap over whole user-days (per-decision estimators)",
         "targets": {},
     }
     for t_i, (name, policy) in enumerate(targets.items()):

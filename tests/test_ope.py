@@ -167,7 +167,7 @@ def test_normal_interval_agrees_with_bootstrap_for_large_n():
     r = rng.random(n)
     boot = SNIPS().estimate(r, p, t, rng=rng, n_boot=400)
     normal = SNIPS().estimate(r, p, t, rng=rng, n_boot=0)
-    assert normal.interval == "normal" and boot.interval == "bootstrap"
+    assert normal.interval == "normal" and boot.interval == "bca"
     assert normal.value == boot.value
     assert (normal.upper - normal.lower) == pytest.approx(boot.upper - boot.lower, rel=0.15)
 
@@ -275,3 +275,30 @@ def test_bootstrap_resamples_whole_episodes_when_given_groups():
     assert width_episode > 2.5 * width_row  # ~sqrt(10): rows of one episode are not independent draws
     se = reward[::10].std(ddof=1) / np.sqrt(400)
     assert width_episode == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_bca_intervals_keep_their_coverage_where_percentile_intervals_fall_short():
+    """Rare large rewards under heavy weights make IPS right-skewed: the percentile interval sits too low."""
+    from adrl.ope.bandit import IPS as _IPS
+    from adrl.ope.bandit import SNIPS as _SNIPS
+    from adrl.ope.bandit import estimate_all
+
+    rng = np.random.default_rng(0)
+    n_actions, n, reps, truth = 20, 1500, 300, 0.5
+    covered = {"bca": 0, "percentile": 0}
+    for _ in range(reps):
+        action = rng.integers(0, n_actions, n)
+        prop = np.full(n, 1 / n_actions)
+        target = (action == 0).astype(float)  # deterministic target: weight 20 on 5 % of rows
+        reward = (rng.random(n) < 0.05) * 10.0  # E[r] = 0.5 whatever the action
+        seed = int(rng.integers(1 << 31))
+        for how in covered:
+            est = estimate_all([_IPS(), _SNIPS()], reward, prop, target, rng=np.random.default_rng(seed), n_boot=200,
+                               interval=how)  # fmt: skip
+            covered[how] += est["ips"].covers(truth)
+            assert est["ips"].interval == ("bca" if how == "bca" else "bootstrap")
+    bca, percentile = covered["bca"] / reps, covered["percentile"] / reps
+    assert bca >= 0.93
+    assert percentile <= bca - 0.03
+    with pytest.raises(ValueError, match="interval must be 'bca' or 'percentile'"):
+        estimate_all([_IPS()], reward, prop, target, rng=rng, n_boot=10, interval="studentized")
