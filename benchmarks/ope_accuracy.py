@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from adrl.agents.base import flat_index
-from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolicy, component_epsilons
+from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolicy
 from adrl.agents.registry import load_policy_artifact
+from adrl.commands.simulate import parse_epsilon
 from adrl.features import FeatureLayout
 from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, adrl_action_features, adrl_categorical, overrun_mask
@@ -120,7 +121,7 @@ def main() -> None:
     ap.add_argument("--epsilon", default="1,0.5,0.3", help="logger's exploration: one rate or 'delay,slot,creative'")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    epsilon = component_epsilons([float(v) for v in args.epsilon.split(",")], "--epsilon")
+    epsilon = parse_epsilon(args.epsilon)
 
     sc = Scenario()
     world = World(sc)
