@@ -292,7 +292,7 @@ def test_bca_intervals_keep_their_coverage_where_percentile_intervals_fall_short
         target = (action == 0).astype(float)  # deterministic target: weight 20 on 5 % of rows
         reward = (rng.random(n) < 0.05) * 10.0  # E[r] = 0.5 whatever the action
         seed = int(rng.integers(1 << 31))
-        for how in covered:
+        for how in ("bca", "percentile"):
             est = estimate_all([_IPS(), _SNIPS()], reward, prop, target, rng=np.random.default_rng(seed), n_boot=200,
                                interval=how)  # fmt: skip
             covered[how] += est["ips"].covers(truth)
@@ -301,4 +301,4 @@ def test_bca_intervals_keep_their_coverage_where_percentile_intervals_fall_short
     assert bca >= 0.93
     assert percentile <= bca - 0.03
     with pytest.raises(ValueError, match="interval must be 'bca' or 'percentile'"):
-        estimate_all([_IPS()], reward, prop, target, rng=rng, n_boot=10, interval="studentized")
+        estimate_all([_IPS()], reward, prop, target, rng=rng, n_boot=10, interval="studentized")  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -343,7 +343,7 @@ def estimate_all(
     alpha: float = 0.05,
     n_boot: int = 1000,
     groups: np.ndarray | None = None,
-    interval: str = "bca",
+    interval: Literal["bca", "percentile"] = "bca",
 ) -> dict[str, Estimate]:
     """Run several estimators on the same rows with one shared set of bootstrap resamples.
 

@@ -173,7 +173,7 @@ def bca_interval(
         alpha: one minus the confidence level.
 
     Returns:
-        ``(lower, upper)``; the percentile interval when the corrections are undefined (constant data).
+        ``(lower, upper)``; the acceleration is 0 when the jackknife values are all equal (constant data).
     """
     b = stats.size
     if b == 0:
