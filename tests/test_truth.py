@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from adrl.agents.base import flat_index
 from adrl.agents.baselines import GreedyPolicy
 from adrl.logs import read_logs
-from adrl.ope.truth import check_truth, per_decision_truth
+from adrl.ope.truth import check_truth, per_decision_truth, true_action_values, true_reward_moments
 from adrl.scenario import Scenario
 from adrl.simulate import make_logging_policy, simulate
 from adrl.world import World
@@ -38,3 +39,22 @@ def test_broadcast_truth_matches_the_world(tmp_path: Path) -> None:
     batch.fatigue[:] = rng.random(500) * 3
     batch.epoch[:] = rng.integers(0, 24, 500)
     check_truth(world, batch, rng)  # raises if the broadcast formulas drift from World.probabilities
+
+
+def test_reward_moments_match_the_rewards_the_world_draws() -> None:
+    world = World(Scenario())
+    rng = np.random.default_rng(3)
+    users = world.sample_users(4, rng)
+    users.epoch[:] = [2, 9, 15, 20]
+    q, r2 = true_reward_moments(world, users)
+    assert np.allclose(q, true_action_values(world, users))
+    n = 200_000
+    for u in range(4):
+        for action in ([0, 0, 3], [1, 2, 7], [3, 1, 11]):
+            copies = users.take(np.full(n, u))
+            reward = world.step(copies, np.tile(action, (n, 1)), rng).reward
+            a = flat_index(np.array([action]), world.scenario.action_nvec)[0]
+            # Monte Carlo means of r and r² within 5 standard errors of the closed form
+            assert abs(reward.mean() - q[u, a]) < 5 * reward.std() / np.sqrt(n) + 1e-12
+            assert abs((reward**2).mean() - r2[u, a]) < 5 * (reward**2).std() / np.sqrt(n) + 1e-12
+    assert np.all(r2 >= q**2 - 1e-12)  # a second moment is never below the squared mean

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="exploration rate of epsilon-greedy: one rate in [0, 1], or three 'delay,slot,creative' "
-                "(e.g. 1,0.5,0.3 randomises timing fully)"
+                "(e.g. 1,0.8,0.6 randomises timing fully and supports off-policy evaluation of timing policies)"
             ),
         ] = "0.3",
         seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same file)")] = 0,

@@ -25,6 +25,29 @@ def true_action_values(world: World, batch: UserBatch) -> np.ndarray:
     The formulas of World.probabilities / World.expected_reward broadcast over (delay, slot, creative);
     :func:`check_truth` compares them with those methods on sampled actions.
     """
+    p_click, p_conv, conv_reward, cost, shown = _response(world, batch)
+    gain = p_click * (world.scenario.rewards.click_value + conv_reward * p_conv)
+    return np.where(shown, gain - cost, 0.0).reshape(len(batch), -1)
+
+
+def true_reward_moments(world: World, batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:
+    """E[r | hidden state, a] and E[r² | hidden state, a] of every flat action, each (n, n_actions).
+
+    The reward is click·(v + c·conversion) − cost, the conversion drawn only after a click (click value v,
+    conversion reward c), so E[r²] = cost² − 2·cost·E[r + cost] + p_click·(v² + 2·v·c·p_conv + c²·p_conv).
+    Both are 0 where the delay overruns the day (nothing is shown).
+    """
+    p_click, p_conv, c, cost, shown = _response(world, batch)
+    v = world.scenario.rewards.click_value
+    gain = p_click * (v + c * p_conv)
+    r2 = cost**2 - 2.0 * cost * gain + p_click * (v * v + 2.0 * v * c * p_conv + c * c * p_conv)
+    n = len(batch)
+    return np.where(shown, gain - cost, 0.0).reshape(n, -1), np.where(shown, r2, 0.0).reshape(n, -1)
+
+
+def _response(world: World, batch: UserBatch) -> tuple[np.ndarray, ...]:
+    """Click probability (n, D, S, C), conversion probability and reward (·, 1, 1, C), slot cost (1, 1, S, 1) and
+    whether the ad is shown (n, D, 1, 1), broadcast over (delay, slot, creative)."""
     w, dyn, sc = world, world.dyn, world.scenario
     d_hours = w.delays  # (D,)
     at = batch.epoch[:, None] + d_hours[None, :]  # (n, D)
@@ -38,11 +61,9 @@ def true_action_values(world: World, batch: UserBatch) -> np.ndarray:
     p_click = 1.0 / (1.0 + np.exp(-(logit + base[:, None, None, :])))
     p_conv = 1.0 / (1.0 + np.exp(-(dyn.base_conversion_logit + w.conv_propensity[seg, None]
                                    + dyn.conversion_affinity_weight * aff)))  # fmt: skip
-    rw = sc.rewards
-    value = rw.click_value + rw.conversion_weight * w.conversion_value[None, :] * p_conv  # (n, C)
-    q = p_click * value[:, None, None, :] - w.slot_cost[None, None, :, None]
-    q = np.where((at < sc.horizon)[:, :, None, None], q, 0.0)
-    return q.reshape(len(batch), -1)
+    conv_reward = sc.rewards.conversion_weight * w.conversion_value
+    return (p_click, p_conv[:, None, None, :], conv_reward[None, None, None, :], w.slot_cost[None, None, :, None],
+            (at < sc.horizon)[:, :, None, None])  # fmt: skip
 
 
 def check_truth(world: World, batch: UserBatch, rng: np.random.Generator) -> None:
@@ -87,4 +108,4 @@ def per_decision_truth(
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-__all__ = ["check_truth", "per_decision_truth", "true_action_values"]
+__all__ = ["check_truth", "per_decision_truth", "true_action_values", "true_reward_moments"]
