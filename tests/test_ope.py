@@ -257,6 +257,12 @@ def test_evaluate_runs_every_estimator_on_logged_data():
     assert res.estimates["dr"].value == pytest.approx(0.8, abs=0.05)
     assert res.estimates["wdr"].value == pytest.approx(2.4, abs=0.2)
     assert "estimates" in res.as_dict()
+    assert res.warnings() == [] and res.as_dict()["warnings"] == []  # 800 episodes of a 2-action chain: ample support
+    # a threshold above every effective sample size flags each group of weighted estimators once, never DM or FQE
+    flagged = res.warnings(min_ess=1e9)
+    assert [w.split(":")[0] for w in flagged] == ["ips, snips, dr, sndr, switch-dr", "pdis, wis, wdr"]
+    ess = res.estimates["ips"].ess
+    assert f"effective sample size {ess:,.1f} of {res.estimates['ips'].n:,} decisions" in flagged[0]
 
 
 def test_bootstrap_resamples_whole_episodes_when_given_groups():

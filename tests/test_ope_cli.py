@@ -38,6 +38,10 @@ def test_ope_prints_a_table_and_writes_json(logged, tmp_path):
     ips = data["estimates"]["ips"]
     assert ips["lower"] <= ips["value"] <= ips["upper"] and ips["scope"] == "per-decision"
     assert data["n_rows"] > 300
+    # 300 user-days of a 0.3-greedy logger give whole-episode weights far too few effective episodes: flagged
+    assert any(w.startswith("pdis, wis, wdr: effective sample size") for w in data["warnings"])
+    assert not any(w.startswith(("dm", "ips")) for w in data["warnings"])
+    assert "warning: pdis, wis, wdr" in result.output
 
 
 def test_ope_reads_a_log_directory_and_is_deterministic(logged, tmp_path):

@@ -179,6 +179,8 @@ def register(app: typer.Typer) -> None:
                 console.print_json(json.dumps(result))
             else:
                 console.print(results_table(result))
+                for line in result.get("warnings", []):
+                    console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
 __all__ = ["SCOPE", "OPEResult", "register"]

@@ -7,6 +7,7 @@ spot with K-fold cross-fitting by episode. FQE (and so WDR) is cross-fitted by e
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from adrl.ope.sequential import FQE, PDIS, SEQUENTIAL_ESTIMATORS, WDR, WIS, FQEF
 
 ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS)
 DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "pdis", "wis", "wdr", "fqe")
+# below this effective sample size an importance-weighted estimate is flagged as unreliable
+MIN_ESS = 100.0
 SCOPE = {**{k: "per-decision" for k in BANDIT_ESTIMATORS}, **{k: "episode" for k in SEQUENTIAL_ESTIMATORS}}
 
 
@@ -45,8 +48,28 @@ class OPEResult:
             "reward_model": self.reward_model,
             "seconds": round(self.seconds, 3),
             "estimates": {k: {"scope": SCOPE.get(k, "?"), **e.as_dict()} for k, e in self.estimates.items()},
+            "warnings": self.warnings(),
             **self.extra,
         }
+
+    def warnings(self, min_ess: float = MIN_ESS) -> list[str]:
+        """One line per group of importance-weighted estimators whose effective sample size is below ``min_ess``.
+
+        Below it the estimate rests on a handful of heavily weighted rows (or episodes), and neither it nor its
+        bootstrap interval can be trusted: the interval can look narrow because the rare large weights were never
+        drawn.
+        """
+        low: dict[tuple[str, float, int], list[str]] = {}
+        for name, e in self.estimates.items():
+            if not math.isnan(e.ess) and e.ess < min_ess:
+                low.setdefault((SCOPE.get(name, "?"), e.ess, e.n), []).append(name)
+        unit = {"per-decision": "decisions", "episode": "episodes"}
+        return [
+            f"{', '.join(names)}: effective sample size {ess:,.1f} of {n:,} {unit.get(scope, 'rows')} (below "
+            f"{min_ess:g}); the logs rarely chose this policy's actions, so the estimate and its interval are "
+            "unreliable: log more, or explore more where this policy acts"
+            for (scope, ess, n), names in low.items()
+        ]
 
 
 def parse_estimators(spec: str | Sequence[str]) -> list[str]:
