@@ -103,7 +103,7 @@ def evaluate_policy(
         raise ValueError(f"n_episodes must be >= 2 for a confidence interval, got {n_episodes}")
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
-    rw = scenario.rewards
+    rewards = scenario.reward_table
     n_slots, n_cr, n_d = scenario.n_slots, scenario.n_creatives, scenario.n_delays
     ret = np.zeros(n_episodes)
     imps = np.zeros(n_episodes)
@@ -134,9 +134,8 @@ def evaluate_policy(
             clicks[active] += res.click
             convs[active] += res.conversion
             left[active] |= res.leave
-            conv_value = world.conversion_value[action[:, 2]] * res.conversion
-            revenue[active] += rw.click_value * res.click + rw.conversion_weight * conv_value
-            cost[active] += np.where(res.shown, world.slot_cost[action[:, 1]], 0.0)
+            revenue[active] += rewards.revenue(res.click, res.conversion, action[:, 2])
+            cost[active] += np.where(res.shown, rewards.slot_cost[action[:, 1]], 0.0)
             shown = res.shown
             np.add.at(slot_by_hour, (res.hour[shown], action[shown, 1]), 1)
             np.add.at(creative_by_hour, (res.hour[shown], action[shown, 2]), 1)

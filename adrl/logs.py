@@ -65,6 +65,65 @@ def feature_columns(layout: FeatureLayout) -> list[str]:
     return [LOG_PREFIX + name for name in layout.obs_names]
 
 
+def logged_columns(
+    layout: FeatureLayout,
+    *,
+    obs: np.ndarray,
+    episode_id: Any,
+    user_id: Any,
+    step: Any,
+    hour: Any,
+    action: np.ndarray,
+    propensity: Any,
+    components: np.ndarray,
+    shown: Any,
+    click: Any,
+    conversion: Any,
+    leave: Any,
+    reward: Any,
+    truth: tuple[Any, Any, Any] | None = None,
+    serving: tuple[Any, Any, Any] | None = None,
+) -> dict[str, Any]:
+    """The one builder of logged rows: a chunk of ``n`` decisions as ``{column: values}`` for :class:`LogWriter`.
+
+    Args:
+        obs: (n, obs_dim) observations the actions were chosen on (``x_*`` columns).
+        action: (n, 3) delay, slot and creative indices.
+        components: (n, 3) per-component propensities (delay, slot, creative); ``propensity`` is the joint.
+        truth: true (p_click, p_conversion, p_leave) of synthetic logs.
+        serving: (event_id, policy_version, defaulted) of the policy server's log.
+        The other arguments are per-row values, shape (n,) (scalars broadcast).
+    """
+    action = np.asarray(action)
+    components = np.asarray(components)
+    cols: dict[str, Any] = {
+        "episode_id": episode_id,
+        "user_id": user_id,
+        "step": step,
+        "hour": hour,
+        "delay": action[:, 0],
+        "slot": action[:, 1],
+        "creative": action[:, 2],
+        "propensity": propensity,
+        "propensity_delay": components[:, 0],
+        "propensity_slot": components[:, 1],
+        "propensity_creative": components[:, 2],
+        "shown": shown,
+        "click": click,
+        "conversion": conversion,
+        "leave": leave,
+        "reward": reward,
+    }
+    if truth is not None:
+        cols.update(zip((n for n, _, _ in TRUTH_COLUMNS), truth, strict=True))
+    if serving is not None:
+        cols.update(zip((n for n, _, _ in SERVING_COLUMNS), serving, strict=True))
+    obs_columns = np.ascontiguousarray(np.asarray(obs).T)  # contiguous columns: arrow takes them without a copy
+    for j, name in enumerate(layout.obs_names):
+        cols[LOG_PREFIX + name] = obs_columns[j]
+    return cols
+
+
 def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = False) -> pa.Schema:
     """The Arrow schema of a log for ``layout``; ``truth`` adds true probabilities, ``serving`` server columns."""
     cols = [pa.field(n, t, nullable=not req) for n, t, req in CORE_COLUMNS]

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adrl.actions import ActionSpace
 from adrl.errors import ConfigError
 
 HOURS_PER_DAY = 24
@@ -91,6 +92,42 @@ class Rewards(_Model):
 
     click_value: float = Field(0.1, ge=0, le=1000)
     conversion_weight: float = Field(1.0, ge=0, le=1000)
+
+
+class RewardTable:
+    """The reward of a market, realised and expected: the one place its formula is written.
+
+    r = click_value · click + conversion_reward[creative] · conversion − slot_cost[slot] for a shown ad (0 for none),
+    with conversion_reward = conversion_weight · creative.conversion_value. Its expectation is linear in
+    P(click) and P(click and conversion) = pCTCVR. Index arguments broadcast like numpy fancy indexing.
+    """
+
+    __slots__ = ("click_value", "conversion_reward", "slot_cost")
+
+    def __init__(self, rewards: Rewards, creatives: tuple[Creative, ...], slots: tuple[Slot, ...]) -> None:
+        self.click_value = rewards.click_value
+        self.conversion_reward = rewards.conversion_weight * np.array([c.conversion_value for c in creatives])
+        self.slot_cost = np.array([s.cost for s in slots], dtype=np.float64)
+
+    def revenue(self, click: np.ndarray, conversion: np.ndarray, creative: np.ndarray) -> np.ndarray:
+        """click_value · click + conversion_reward[creative] · conversion (the reward before the slot's cost)."""
+        return self.click_value * click + self.conversion_reward[creative] * conversion
+
+    def realised(
+        self,
+        click: np.ndarray,
+        conversion: np.ndarray,
+        slot: np.ndarray,
+        creative: np.ndarray,
+        shown: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The reward of outcomes; 0 where ``shown`` is False (a delay that ran past the day shows nothing)."""
+        reward = self.revenue(click, conversion, creative) - self.slot_cost[slot]
+        return reward if shown is None else np.where(shown, reward, 0.0)
+
+    def expected(self, p_click: np.ndarray, p_ctcvr: np.ndarray, slot: np.ndarray, creative: np.ndarray) -> np.ndarray:
+        """E[r] of showing ``creative`` in ``slot`` = click_value · pCTR + conversion_reward · pCTCVR − cost."""
+        return self.click_value * p_click + self.conversion_reward[creative] * p_ctcvr - self.slot_cost[slot]
 
 
 class Dynamics(_Model):
@@ -251,6 +288,16 @@ class Scenario(_Model):
     @property
     def action_nvec(self) -> tuple[int, int, int]:
         return (self.n_delays, self.n_slots, self.n_creatives)
+
+    @cached_property
+    def reward_table(self) -> RewardTable:
+        """The market's reward, realised and expected (:class:`RewardTable`)."""
+        return RewardTable(self.rewards, self.creatives, self.slots)
+
+    @cached_property
+    def actions(self) -> ActionSpace:
+        """The factored action space (delay, slot, creative) with its algebra."""
+        return ActionSpace(self.action_nvec)
 
     @cached_property
     def content_hash(self) -> str:

@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adrl.agents.base import component_probabilities, flat_index, uniform_actions
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, sample_actions
-from adrl.features import LOG_PREFIX, FeatureLayout
-from adrl.logs import LogWriter
+from adrl.features import FeatureLayout
+from adrl.logs import LogWriter, logged_columns
 from adrl.scenario import Scenario
 from adrl.world import UserBatch, World
 
@@ -94,7 +94,6 @@ def _simulate_chunk(
     ``on_decision(batch, obs)`` sees each step's users (hidden state included) before they act.
     """
     rng = np.random.default_rng(stream)
-    feat_cols = [LOG_PREFIX + name for name in layout.obs_names]
     batch = world.sample_users(n, rng)  # only users still in their day stay in the batch
     active = np.arange(n)
     step = 0
@@ -105,29 +104,14 @@ def _simulate_chunk(
             on_decision(batch, obs)
         action, prop, (pd, ps, pc) = logged_actions(policy, obs, rng)
         res = world.step(batch, action, rng)
-        cols: dict[str, np.ndarray] = {
-            "episode_id": first + active,
-            "user_id": first + active,
-            "step": np.full(active.size, step, dtype=np.int32),
-            "hour": res.hour,
-            "delay": action[:, 0],
-            "slot": action[:, 1],
-            "creative": action[:, 2],
-            "propensity": prop,
-            "propensity_delay": pd,
-            "propensity_slot": ps,
-            "propensity_creative": pc,
-            "shown": res.shown,
-            "click": res.click,
-            "conversion": res.conversion,
-            "leave": res.leave,
-            "reward": res.reward,
-            "p_click": res.response.p_click,
-            "p_conversion": res.response.p_conversion,
-            "p_leave": res.response.p_leave,
-        }
-        cols.update(zip(feat_cols, obs.T, strict=True))
-        out.append(cols)
+        out.append(
+            logged_columns(
+                layout, obs=obs, episode_id=first + active, user_id=first + active,
+                step=np.full(active.size, step, dtype=np.int32), hour=res.hour, action=action, propensity=prop,
+                components=np.stack([pd, ps, pc], axis=1), shown=res.shown, click=res.click,
+                conversion=res.conversion, leave=res.leave, reward=res.reward, truth=res.response,
+            )
+        )  # fmt: skip
         going = ~(res.terminated | res.truncated)
         if not going.all():
             active, batch = active[going], batch.take(going)

@@ -150,8 +150,7 @@ class World:
         self._conv_base = dyn.base_conversion_logit + self.conv_propensity  # (S,)
         self._leave_slope = dyn.leave_fatigue_weight * self.churn_sens  # (S,)
         self._annoyance_of = self.annoyance[None, :] * self.fatigue_sens[:, None]  # (S, slots)
-        self._conversion_reward = sc.rewards.conversion_weight * self.conversion_value  # (C,)
-        self._click_value = sc.rewards.click_value
+        self._rewards = sc.reward_table
         self._horizon = sc.horizon
 
     # ---- users -----------------------------------------------------------------------------------------
@@ -223,9 +222,7 @@ class World:
 
     def expected_reward(self, response: Response, action: np.ndarray) -> np.ndarray:
         """Immediate expected reward of ``action`` under ``response`` (before any delay overrun)."""
-        r = self.scenario.rewards
-        value = r.click_value + r.conversion_weight * self.conversion_value[action[:, 2]] * response.p_conversion
-        return response.p_click * value - self.slot_cost[action[:, 1]]
+        return self._rewards.expected(response.p_click, response.p_ctcvr, action[:, 1], action[:, 2])
 
     # ---- dynamics ----------------------------------------------------------------------------------------
     def check_actions(self, action: np.ndarray) -> np.ndarray:
@@ -273,7 +270,7 @@ class World:
         click = shown & hit[:, 0]
         conversion = click & hit[:, 1]
         leave = shown & hit[:, 2]
-        reward = self._click_value * click + self._conversion_reward[c] * conversion - self.slot_cost[s]
+        reward = self._rewards.realised(click, conversion, s, c)
         hour = self.hour_of_epoch[at]
         # bookkeeping (observable history and hidden fatigue)
         if np.count_nonzero(shown) == n:

@@ -22,8 +22,8 @@ from gymnasium.vector import VectorActionWrapper, VectorEnv
 from adrl.agents.base import Policy, component_probabilities, flat_index, unflatten
 from adrl.envs.ad_placement import AdPlacementEnv
 from adrl.errors import ConfigError, InvalidAction
-from adrl.features import LOG_PREFIX, FeatureLayout
-from adrl.logs import LogWriter
+from adrl.features import FeatureLayout
+from adrl.logs import LogWriter, logged_columns
 
 Nvec = tuple[int, int, int]
 
@@ -215,9 +215,9 @@ class LogRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
         self.chunk_rows = chunk_rows
         self.nvec = base.scenario.action_nvec
         self.truth = base.response is None
-        self._feature_cols = [LOG_PREFIX + n for n in base.layout.obs_names]
         self._writer = LogWriter(path, base.layout, truth=self.truth, scenario_hash=base.scenario.content_hash)
-        self._rows: dict[str, list[Any]] = {}
+        self._rows: list[tuple[Any, ...]] = []
+        self._actions: list[np.ndarray] = []
         self._obs: list[np.ndarray] = []
         self._last_obs: np.ndarray | None = None
         self._episode = -1
@@ -246,28 +246,11 @@ class LogRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
             joint = float(probs[0, int(flat_index(a, self.nvec))])
             marginals = component_probabilities(probs, self.nvec)
             pd, ps, pc = (float(m[0, int(a[i])]) for i, m in enumerate(marginals))
-        row = {
-            "episode_id": self._episode,
-            "user_id": self._episode,
-            "step": self._step,
-            "hour": info["hour"],
-            "delay": int(a[0]),
-            "slot": int(a[1]),
-            "creative": int(a[2]),
-            "propensity": joint,
-            "propensity_delay": pd,
-            "propensity_slot": ps,
-            "propensity_creative": pc,
-            "shown": info["shown"],
-            "click": info["click"],
-            "conversion": info["conversion"],
-            "leave": info["leave"],
-            "reward": float(reward),
-        }
-        if self.truth:
-            row.update(p_click=info["p_click"], p_conversion=info["p_conversion"], p_leave=info["p_leave"])
-        for key, value in row.items():
-            self._rows.setdefault(key, []).append(value)
+        truth = (info["p_click"], info["p_conversion"], info["p_leave"]) if self.truth else ()
+        row = (self._episode, self._step, info["hour"], joint, (pd, ps, pc), info["shown"], info["click"],
+               info["conversion"], info["leave"], float(reward), truth)  # fmt: skip
+        self._rows.append(row)
+        self._actions.append(a)
         self._obs.append(obs_before)
         self._last_obs = obs
         self._step += 1
@@ -279,10 +262,16 @@ class LogRecorder(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     def _flush(self) -> None:
         if not self._obs:
             return
-        cols: dict[str, Any] = {k: np.asarray(v) for k, v in self._rows.items()}
-        cols.update(zip(self._feature_cols, np.stack(self._obs).T, strict=True))
+        episode, step, hour, joint, comps, shown, click, conversion, leave, reward, truth = (
+            np.asarray(col) for col in zip(*self._rows, strict=True)
+        )
+        cols = logged_columns(
+            self.base.layout, obs=np.stack(self._obs), episode_id=episode, user_id=episode, step=step, hour=hour,
+            action=np.stack(self._actions), propensity=joint, components=comps, shown=shown, click=click,
+            conversion=conversion, leave=leave, reward=reward, truth=tuple(truth.T) if self.truth else None,
+        )  # fmt: skip
         self._writer.write(cols)
-        self._rows, self._obs = {}, []
+        self._rows, self._actions, self._obs = [], [], []
 
     def close(self) -> None:
         """Write the last rows and move the file into place; closes the wrapped env too."""

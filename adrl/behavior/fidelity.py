@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from adrl.behavior.response import LearnedResponse
+from adrl.scenario import RewardTable
 from adrl.world import Response, World
 
 # (feature, bucket upper edges; a value v falls in the first bucket with v <= edge, the last bucket is open)
@@ -110,10 +111,10 @@ class FidelityReport:
         return "\n".join(lines)
 
 
-def _quantities(r: Response, click_value: float, conv_value: np.ndarray, cost: np.ndarray) -> np.ndarray:
+def _quantities(r: Response, rewards: RewardTable, slot: np.ndarray, creative: np.ndarray) -> np.ndarray:
     """(n, len(QUANTITIES)): pCTR, pCTCVR, pLeave and the expected immediate reward of each impression."""
-    ctcvr = r.p_click * r.p_conversion
-    reward = click_value * r.p_click + conv_value * ctcvr - cost
+    ctcvr = r.p_ctcvr
+    reward = rewards.expected(r.p_click, ctcvr, slot, creative)
     return np.stack([r.p_click, ctcvr, r.p_leave, reward], axis=1).astype(np.float64)
 
 
@@ -148,9 +149,6 @@ def rollout_fidelity(
     env = AdPlacementVectorEnv(n_envs, sc, behavior_model=response, autoreset_mode=AutoresetMode.SAME_STEP)
     world = World(sc)
     layout = env.layout
-    rw = sc.rewards
-    conv_value = rw.conversion_weight * np.array([c.conversion_value for c in sc.creatives])
-    slot_cost = np.array([s.cost for s in sc.slots])
     delays = np.asarray(sc.delays)
     decay = world.decay_per_hour**delays
     specs = [(name, np.asarray(edges, dtype=np.float64), _labels(edges)) for name, edges in buckets]
@@ -175,8 +173,7 @@ def rollout_fidelity(
             "delay": d.astype(np.float64),
         }
 
-        value, cost = conv_value[c], slot_cost[s]
-        qp, qt = (_quantities(r, rw.click_value, value, cost)[shown] for r in (pred, true))
+        qp, qt = (_quantities(r, sc.reward_table, s, c)[shown] for r in (pred, true))
         overall.add(qp, qt)
         for name, edges, _ in specs:
             v = values[name] if name in values else obs[:, layout.index(name)].astype(np.float64)

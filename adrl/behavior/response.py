@@ -89,10 +89,7 @@ class BehaviorValueModel:
     def __init__(self, model: BehaviorModel, scenario: Scenario, *, chunk: int = 2048) -> None:
         _check_compatible(model, scenario)
         self.model, self.scenario, self.chunk = model, scenario, chunk
-        rw = scenario.rewards
-        self.click_value = rw.click_value
-        self.conversion_value = rw.conversion_weight * np.array([c.conversion_value for c in scenario.creatives])
-        self.slot_cost = np.array([s.cost for s in scenario.slots])
+        self.rewards = scenario.reward_table
 
     def expected_reward(self, obs: np.ndarray, delays: np.ndarray | None = None) -> np.ndarray:
         """Shape (n, len(delays), n_slots, n_creatives); ``delays`` are delay indices (all when None)."""
@@ -111,6 +108,6 @@ class BehaviorValueModel:
             rep = np.repeat(o, k, axis=0)
             act = np.tile(grid, (o.shape[0], 1))
             p_click, p_ctcvr, _ = self.model.predict(rep, act)
-            value = self.click_value * p_click + self.conversion_value[act[:, 2]] * p_ctcvr - self.slot_cost[act[:, 1]]
+            value = self.rewards.expected(p_click, p_ctcvr, act[:, 1], act[:, 2])
             out[i : i + step] = value.reshape(o.shape[0], k)
         return out.reshape(obs.shape[0], len(d_idx), sc.n_slots, sc.n_creatives)

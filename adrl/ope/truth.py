@@ -25,9 +25,9 @@ def true_action_values(world: World, batch: UserBatch) -> np.ndarray:
     The formulas of World.probabilities / World.expected_reward broadcast over (delay, slot, creative);
     :func:`check_truth` compares them with those methods on sampled actions.
     """
-    p_click, p_conv, conv_reward, cost, shown = _response(world, batch)
-    gain = p_click * (world.scenario.rewards.click_value + conv_reward * p_conv)
-    return np.where(shown, gain - cost, 0.0).reshape(len(batch), -1)
+    p_click, p_conv, _, _, shown = _response(world, batch)
+    value = world.scenario.reward_table.expected(p_click, p_click * p_conv, *_broadcast_slots_creatives(world))
+    return np.where(shown, value, 0.0).reshape(len(batch), -1)
 
 
 def true_reward_moments(world: World, batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -38,11 +38,13 @@ def true_reward_moments(world: World, batch: UserBatch) -> tuple[np.ndarray, np.
     Both are 0 where the delay overruns the day (nothing is shown).
     """
     p_click, p_conv, c, cost, shown = _response(world, batch)
-    v = world.scenario.rewards.click_value
-    gain = p_click * (v + c * p_conv)
+    rewards = world.scenario.reward_table
+    mean = rewards.expected(p_click, p_click * p_conv, *_broadcast_slots_creatives(world))
+    v = rewards.click_value
+    gain = p_click * (v + c * p_conv)  # E[r + cost], for the second moment
     r2 = cost**2 - 2.0 * cost * gain + p_click * (v * v + 2.0 * v * c * p_conv + c * c * p_conv)
     n = len(batch)
-    return np.where(shown, gain - cost, 0.0).reshape(n, -1), np.where(shown, r2, 0.0).reshape(n, -1)
+    return np.where(shown, mean, 0.0).reshape(n, -1), np.where(shown, r2, 0.0).reshape(n, -1)
 
 
 def _response(world: World, batch: UserBatch) -> tuple[np.ndarray, ...]:
@@ -61,9 +63,16 @@ def _response(world: World, batch: UserBatch) -> tuple[np.ndarray, ...]:
     p_click = 1.0 / (1.0 + np.exp(-(logit + base[:, None, None, :])))
     p_conv = 1.0 / (1.0 + np.exp(-(dyn.base_conversion_logit + w.conv_propensity[seg, None]
                                    + dyn.conversion_affinity_weight * aff)))  # fmt: skip
-    conv_reward = sc.rewards.conversion_weight * w.conversion_value
-    return (p_click, p_conv[:, None, None, :], conv_reward[None, None, None, :], w.slot_cost[None, None, :, None],
+    slot, creative = _broadcast_slots_creatives(world)
+    rewards = sc.reward_table
+    return (p_click, p_conv[:, None, None, :], rewards.conversion_reward[creative], rewards.slot_cost[slot],
             (at < sc.horizon)[:, :, None, None])  # fmt: skip
+
+
+def _broadcast_slots_creatives(world: World) -> tuple[np.ndarray, np.ndarray]:
+    """Slot (1, 1, S, 1) and creative (1, 1, 1, C) indices that broadcast over (n, delay, slot, creative)."""
+    sc = world.scenario
+    return np.arange(sc.n_slots)[None, None, :, None], np.arange(sc.n_creatives)[None, None, None, :]
 
 
 def check_truth(world: World, batch: UserBatch, rng: np.random.Generator) -> None:

@@ -46,9 +46,9 @@ import numpy as np
 import orjson
 
 from adrl.errors import AdrlError, ConfigError, FeatureMismatch
-from adrl.features import LOG_PREFIX, FeatureLayout
+from adrl.features import FeatureLayout
 from adrl.io import read_json, write_json_atomic
-from adrl.logs import LogWriter
+from adrl.logs import LogWriter, logged_columns
 from adrl.policy import InvalidRequest
 from adrl.scenario import HOURS_PER_DAY, Scenario
 from adrl.serving.journal import Journal, ReadStats, encode_line, read_records, segments
@@ -185,8 +185,6 @@ class DecisionLog:
         self._joiner: threading.Thread | None = None
         self._last_flush = time.monotonic()
         self._write_lock = threading.Lock()
-        self._slot_cost = np.array([s.cost for s in scenario.slots])
-        self._conv_value = np.array([c.conversion_value for c in scenario.creatives])
         self._delay_hours = np.array(scenario.delays)
         self._hour_col = self.layout.index("hour")
         self.started = False
@@ -529,41 +527,19 @@ class DecisionLog:
         click = outcome[:, 0] & fb
         conversion = outcome[:, 1] & fb
         shown = outcome[:, 3]
-        rw = self.scenario.rewards
-        reward = np.where(
-            shown,
-            rw.click_value * click
-            + rw.conversion_weight * self._conv_value[action[:, 2]] * conversion
-            - self._slot_cost[action[:, 1]],
-            0.0,
-        )
+        reward = self.scenario.reward_table.realised(click, conversion, action[:, 1], action[:, 2], shown)
         reward = np.where(fb, reward, self.default_reward)
         comps = np.array([p[COMPS] for p in pend], dtype=np.float64).reshape(n, 3)
         hour = (obs[:, self._hour_col].astype(np.int64) + self._delay_hours[action[:, 0]]) % HOURS_PER_DAY
-        cols: dict[str, Any] = {
-            "episode_id": np.array([p[EPISODE] for p in pend], dtype=np.int64),
-            "user_id": np.array([p[USER] for p in pend], dtype=np.int64),
-            "step": np.array([p[STEP] for p in pend], dtype=np.int32),
-            "hour": hour.astype(np.int8),
-            "delay": action[:, 0].astype(np.int16),
-            "slot": action[:, 1].astype(np.int16),
-            "creative": action[:, 2].astype(np.int16),
-            "propensity": np.array([p[PROPENSITY] for p in pend], dtype=np.float64),
-            "propensity_delay": comps[:, 0],
-            "propensity_slot": comps[:, 1],
-            "propensity_creative": comps[:, 2],
-            "shown": shown,
-            "click": click,
-            "conversion": conversion,
-            "leave": outcome[:, 2] & fb,
-            "reward": reward,
-            "event_id": np.array([p[EVENT_ID] for p in pend], dtype=object),
-            "policy_version": np.array([p[VERSION] for p in pend], dtype=object),
-            "defaulted": ~fb,
-        }
-        obs_columns = np.ascontiguousarray(obs.T)  # contiguous columns: arrow takes them without a copy each
-        for j, name in enumerate(self.layout.obs_names):
-            cols[LOG_PREFIX + name] = obs_columns[j]
+        cols = logged_columns(
+            self.layout, obs=obs, episode_id=np.array([p[EPISODE] for p in pend], dtype=np.int64),
+            user_id=np.array([p[USER] for p in pend], dtype=np.int64),
+            step=np.array([p[STEP] for p in pend], dtype=np.int32), hour=hour.astype(np.int8), action=action,
+            propensity=np.array([p[PROPENSITY] for p in pend], dtype=np.float64), components=comps, shown=shown,
+            click=click, conversion=conversion, leave=outcome[:, 2] & fb, reward=reward,
+            serving=(np.array([p[EVENT_ID] for p in pend], dtype=object),
+                     np.array([p[VERSION] for p in pend], dtype=object), ~fb),
+        )  # fmt: skip
         path = self.data_dir / f"part-{pend[0][SEQ]:012d}-{pend[-1][SEQ]:012d}.parquet"
         with LogWriter(path, self.layout, serving=True, scenario_hash=self.scenario.content_hash) as writer:
             writer.write(cols)
