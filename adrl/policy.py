@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from adrl.agents.base import sample_from
+from adrl.actions import sample_from
 from adrl.agents.registry import MANIFEST, load_policy_artifact, read_policy_manifest
 from adrl.errors import AdrlError, ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import SIGNAL_BOUND, WINDOWS, FeatureLayout

@@ -14,18 +14,19 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from adrl.envs.registration import LEARNED_ID
 from adrl.errors import ConfigError
-from adrl.evaluation import Evaluation, evaluate_policies
+from adrl.evaluation import evaluate_policies
 from adrl.features import FeatureLayout
 from adrl.io import write_json_atomic
+from adrl.report import QuickstartResult, write_report
 from adrl.scenario import Scenario, resolve_scenario
-from adrl.training import LEARNED_ID
 
 # WDR (fitted-Q) costs ~30 s per stochastic policy on these logs; `adrl ope` offers it, the demo keeps to budget
 OPE_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "pdis", "wis")
@@ -56,33 +57,6 @@ FAST_BUDGET = Budget(
     n_users=3_000, fit_epochs=2, fit_baselines=False, q_steps=1_000_000, q_envs=1024, reinforce_steps=40_000,
     reinforce_envs=256, eval_episodes=2_000, n_boot=50, holdout_users=2_000,
 )  # fmt: skip
-
-
-@dataclass
-class QuickstartResult:
-    out: Path
-    scenario: Scenario
-    simulation: dict[str, Any]
-    behavior_metrics: dict[str, Any]
-    calibration: dict[str, list[float]]
-    curves: dict[str, list[tuple[float, float]]]
-    evaluations: list[Evaluation]
-    ope: dict[str, dict[str, Any]]
-    best: str
-    best_policy: Path
-    report: Path
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "best": self.best,
-            "best_policy": str(self.best_policy),
-            "report": str(self.report),
-            "policies": {e.name: e.overall.as_dict() for e in self.evaluations},
-            "ope": self.ope,
-            "seconds": self.seconds,
-        }
 
 
 def _prepare(out: Path, force: bool) -> None:
@@ -140,13 +114,11 @@ def run_quickstart(
     """Run every stage into ``out``; see the module docstring. ``fast`` is a smoke-sized budget."""
     from adrl.agents.registry import load_policy_artifact
     from adrl.behavior import FitConfig, fit_adrl
-    from adrl.commands.train import train_run
     from adrl.ope.data import read_adrl_logs
     from adrl.ope.run import evaluate as ope_evaluate
-    from adrl.ope.truth import per_decision_truth
-    from adrl.report import write_report
     from adrl.simulate import simulate
-    from adrl.training import RunDir
+    from adrl.training import RunDir, train_run
+    from adrl.truth import per_decision_truth
 
     out = Path(out)
     budget = FAST_BUDGET if fast else DEFAULT_BUDGET

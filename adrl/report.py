@@ -6,14 +6,45 @@ import base64
 import html
 import io
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from adrl.evaluation import Evaluation
 from adrl.io import atomic_open
+from adrl.scenario import Scenario
 
-if TYPE_CHECKING:
-    from adrl.quickstart import QuickstartResult
+
+@dataclass
+class QuickstartResult:
+    """Everything the main job produced; :func:`write_report` renders it and ``summary()`` is quickstart.json."""
+
+    out: Path
+    scenario: Scenario
+    simulation: dict[str, Any]
+    behavior_metrics: dict[str, Any]
+    calibration: dict[str, list[float]]
+    curves: dict[str, list[tuple[float, float]]]
+    evaluations: list[Evaluation]
+    ope: dict[str, dict[str, Any]]
+    best: str
+    best_policy: Path
+    report: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "best": self.best,
+            "best_policy": str(self.best_policy),
+            "report": str(self.report),
+            "policies": {e.name: e.overall.as_dict() for e in self.evaluations},
+            "ope": self.ope,
+            "seconds": self.seconds,
+        }
+
 
 SECTIONS = (
     ("scenario", "Scenario"),

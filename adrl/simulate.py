@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from adrl.agents.base import component_probabilities, flat_index, uniform_actions
+from adrl.actions import component_probabilities, flat_index, uniform_actions
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, sample_actions
 from adrl.features import FeatureLayout
 from adrl.logs import LogWriter, logged_columns

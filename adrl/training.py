@@ -29,13 +29,16 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from adrl.agents.factory import load_preset, make_agent
+from adrl.agents.registry import Score, load_policy_artifact
+from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
 from adrl.errors import ConfigError
+from adrl.evaluation import evaluate_policy
 from adrl.io import atomic_open
 from adrl.scenario import Scenario, resolve_scenario
 
-GROUND_TRUTH_ID = "adrl/AdPlacement-v0"
-LEARNED_ID = "adrl/AdPlacement-Learned-v0"
 METRIC_COLUMNS = ("step", "wall_seconds", "steps_per_second", "episodes", "mean_return", "loss", "epsilon", "entropy")
 StepCallback = Callable[[Any, int, dict[str, float]], bool]
 
@@ -229,6 +232,16 @@ class EnvSpec:
     response: Any = None  # None: the ground-truth world; else a LearnedResponse
     behavior_path: Path | None = None
 
+    def score(self, seed: int, n_episodes: int = 4000) -> Score:
+        """Mean return of a candidate policy on this env's simulator, on ``n_episodes`` users of ``seed``."""
+
+        def score(policy: Any) -> float:
+            return evaluate_policy(
+                policy, self.scenario, n_episodes=n_episodes, seed=seed, response=self.response
+            ).overall.mean_return
+
+        return score
+
     @property
     def value_model(self) -> Any:
         """What greedy and pacing rank actions by: the learned model on the learned simulator, else the truth."""
@@ -260,9 +273,114 @@ def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
     """The native vector env of ``spec`` through ``gymnasium.make_vec`` (its vector entry point, not N envs)."""
     import gymnasium as gym
 
-    import adrl.envs.registration  # noqa: F401 - registers the ids
-
     kwargs: dict[str, Any] = {"scenario": spec.scenario}
     if spec.response is not None:
         kwargs["behavior_model"] = spec.response
     return gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def train_run(
+    *,
+    agent_name: str,
+    env_id: str,
+    out: Path,
+    steps: int | None = None,
+    seed: int = 0,
+    behavior: Path | None = None,
+    scenario_path: Path | None = None,
+    preset_file: Path | None = None,
+    n_envs: int | None = None,
+    checkpoint_every: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one run; returns a summary. The library path behind ``adrl train``.
+
+    Learners train on the vector env of ``env_id`` with checkpoints every ``checkpoint_every`` steps; rules
+    (greedy, pacing, random) are built and exported, pacing's gap tuned on the same simulator. ``log`` receives
+    one-line messages (the CLI prints them); progress is a rich bar unless ``progress`` is False.
+    """
+    preset = load_preset(agent_name, preset_file)
+    params = {**preset.params, **(overrides or {})}
+    total = steps if steps is not None else preset.steps
+    n = n_envs if n_envs is not None else preset.n_envs
+    every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
+    if total < 1 or n < 1 or every < 1:
+        raise ConfigError(f"steps, n_envs and checkpoint_every must be >= 1, got {total}, {n}, {every}")
+    spec = resolve_env(env_id, scenario_path, behavior)
+    config = {
+        "agent": agent_name,
+        "env": env_id,
+        "steps": total,
+        "n_envs": n,
+        "checkpoint_every": every,
+        "seed": seed,
+        "behavior": str(behavior) if behavior else None,
+        "scenario": spec.scenario.model_dump(mode="json"),
+        "params": params,
+    }
+    run = RunDir.create(out, config, resume=resume)
+    latest = run.latest_checkpoint() if resume else None
+    if latest is not None:
+        agent = load_policy_artifact(latest[0])
+        _check_same_market(agent, spec.scenario)
+        start = latest[1]
+        if log is not None and progress:
+            log(f"resuming {out} from checkpoint at step {start:,}")
+    else:
+        agent = make_agent(
+            agent_name, spec.scenario, params, seed=seed, value_model=spec.value_model, score=spec.score(seed or 0)
+        )
+        start = 0
+    stop = StopRequested()
+    summary: dict[str, Any] = {"run": str(run.path), "agent": agent_name, "env": env_id}
+    run.open_metrics(resume_step=start if latest else None)
+    try:
+        if not callable(getattr(agent, "learn", None)):  # a rule: nothing to train
+            run.log(0, {"step": 0})
+        else:
+            env = make_vector_env(spec, n)
+            throughput = Throughput(start)
+            last_ckpt = [start]
+            columns = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("return {task.fields[ret]}  {task.fields[rate]} steps/s"),
+                TimeElapsedColumn(),
+            )
+            with stop.installed(), Progress(*columns, disable=not progress) as bar:
+                task = bar.add_task(f"training {agent_name}", total=total, completed=start, ret="-", rate="-")
+
+                def callback(agent_: Any, step: int, stats: dict[str, float]) -> bool:
+                    rate, wall = throughput.update(step)
+                    stats = {**stats, "steps_per_second": rate, "wall_seconds": wall}
+                    run.log(step, stats)
+                    ret = stats.get("mean_return", math.nan)
+                    bar.update(task, completed=min(step, total), ret=f"{ret:.4f}", rate=f"{rate:,.0f}")
+                    if step - last_ckpt[0] >= every or stop.requested:
+                        run.checkpoint(agent_, step)
+                        last_ckpt[0] = step
+                    return not stop.requested
+
+                agent.learn(env, total, callback=callback)
+            env.close()
+            steps_done = int(getattr(agent, "steps_done", total))
+            run.checkpoint(agent, steps_done)
+            summary["steps_done"] = steps_done
+            if stop.requested:
+                summary["interrupted"] = stop.signal_name
+        agent.save(run.policy_path)
+        summary["policy"] = str(run.policy_path)
+        summary["learning_curve"] = str(run.plot_learning_curve(f"{agent_name} on {env_id}"))
+    finally:
+        run.close()
+    return summary
+
+
+def _check_same_market(agent: Any, scenario: Any) -> None:
+    """Checkpoints store their scenario; resuming must continue in the same market."""
+    if agent.scenario.content_hash != scenario.content_hash:
+        raise ConfigError("--resume: the checkpoint was trained on another scenario than this run's")

@@ -23,11 +23,12 @@ same order, so equal seeds give equal days.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple
 
 import numpy as np
 
 from adrl.errors import InvalidAction
+from adrl.protocols import ResponseModel
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
 NEVER = -(1 << 40)  # last_impression of a user who saw no ad today: hours since it exceed any cap
@@ -80,16 +81,6 @@ class Response(NamedTuple):
     def p_ctcvr(self) -> np.ndarray:
         """P(click and conversion) over all impressions."""
         return self.p_click * self.p_conversion
-
-
-@runtime_checkable
-class ResponseModel(Protocol):
-    """What drives a simulator: outcome probabilities for users in ``batch`` shown ``action`` (shape (n, 3)).
-
-    ``action`` holds delay indices, slots and creatives; the model sees the state before the wait.
-    """
-
-    def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response: ...
 
 
 class StepResult(NamedTuple):

@@ -18,8 +18,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
-from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.actions import unflatten
+from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
+from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
@@ -172,6 +173,10 @@ class LinUCBAgent:
         agent.steps_done = int(manifest.get("steps_done", 0))
         agent._refresh()
         return agent
+
+
+def build(name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, **_: Any) -> LinUCBAgent:
+    return LinUCBAgent(scenario, agent_params(LinUCBConfig, params, name), seed=seed)
 
 
 register_kind(LinUCBAgent.kind, LinUCBAgent.load)

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from adrl.agents.base import (
-    check_obs,
-    flat_index,
-    joint_probabilities,
-    one_hot,
-    sample_from,
-    unflatten,
-    uniform_actions,
+from adrl.actions import flat_index, joint_probabilities, sample_from, unflatten, uniform_actions
+from adrl.agents.base import check_obs, one_hot
+from adrl.agents.registry import (
+    Score,
+    check_params,
+    load_policy_artifact,
+    read_policy_manifest,
+    register_kind,
+    write_policy_manifest,
 )
-from adrl.agents.registry import load_policy_artifact, read_policy_manifest, register_kind, write_policy_manifest
-from adrl.errors import ArtifactError
+from adrl.errors import ArtifactError, ConfigError
 from adrl.features import FeatureLayout
 from adrl.scenario import HOURS_PER_DAY, Scenario
 from adrl.world import World
@@ -354,6 +354,45 @@ def sample_actions(policy: object, obs: np.ndarray, rng: np.random.Generator) ->
     probs = policy.action_probabilities(obs)  # type: ignore[attr-defined]
     nvec = policy.nvec  # type: ignore[attr-defined]
     return unflatten(sample_from(probs, rng), nvec), probs
+
+
+def tune_pacing_gap(
+    scenario: Scenario, value_model: ValueModel | None, score: Score, gaps: Sequence[int] = (1, 2, 3, 4, 5, 6)
+) -> int:
+    """The ``min_gap`` whose pacing policy ``score`` rates highest (ties to the smaller gap)."""
+    best, best_value = gaps[0], float("-inf")
+    for gap in gaps:
+        value = score(PacingPolicy(scenario, gap, value_model))
+        if value > best_value + 1e-12:
+            best, best_value = gap, value
+    return int(best)
+
+
+def build(
+    name: str,
+    scenario: Scenario,
+    params: dict[str, Any],
+    *,
+    seed: int | None,
+    value_model: ValueModel | None = None,
+    score: Score | None = None,
+) -> RandomPolicy | GreedyPolicy | PacingPolicy:
+    """Greedy and pacing rank actions with ``value_model``; an unset pacing ``min_gap`` is tuned by ``score``."""
+    if name == "greedy":
+        check_params(params, set(), name)
+        return GreedyPolicy(scenario, value_model)
+    if name == "pacing":
+        check_params(params, {"min_gap"}, name)
+        gap = params.get("min_gap")
+        if gap is None:
+            if score is None:
+                raise ConfigError("pacing: give min_gap, or train it on a simulator that can tune it")
+            gap = tune_pacing_gap(scenario, value_model, score)
+        return PacingPolicy(scenario, int(gap), value_model)
+    if name == "random":
+        check_params(params, set(), name)
+        return RandomPolicy(scenario, seed=seed)
+    raise ConfigError(f"unknown baseline {name!r}; expected greedy, pacing or random")
 
 
 for _cls in (RandomPolicy, GreedyPolicy, PacingPolicy, EpsilonGreedyPolicy):

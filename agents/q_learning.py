@@ -18,9 +18,10 @@ from typing import Any, Self
 
 import numpy as np
 
-from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot, unflatten
-from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
-from adrl.envs.wrappers import PREFERRED_CATEGORY, StateDiscretizer
+from adrl.actions import unflatten
+from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
+from adrl.agents.discretizer import PREFERRED_CATEGORY, StateDiscretizer
+from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
@@ -196,6 +197,10 @@ class TabularQAgent:
         if isinstance(manifest.get("rng_state"), dict):
             agent.rng.bit_generator.state = manifest["rng_state"]
         return agent
+
+
+def build(name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, **_: Any) -> TabularQAgent:
+    return TabularQAgent(scenario, agent_params(QLearningConfig, params, name), seed=seed)
 
 
 register_kind(TabularQAgent.kind, TabularQAgent.load)

@@ -8,19 +8,73 @@ class registers its ``kind`` with :func:`register_kind` and implements ``save(pa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adrl.errors import ArtifactError, FeatureMismatch
+from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
 from adrl.io import read_manifest, write_json_atomic
 from adrl.scenario import Scenario, scenario_from_dict
 
 MANIFEST = "manifest.json"
 _LOADERS: dict[str, Callable[[Path], Any]] = {}
+
+# The one table of agents: name -> the module that builds it (its ``build(name, scenario, params, *, seed,
+# value_model, score)``) and registers the artifact kinds it saves. A preset ``agents/presets/<name>.yaml`` ships
+# beside it. Adding an agent is its own module, one line here and its preset.
+AGENTS: dict[str, str] = {
+    "q_learning": "adrl.agents.q_learning",
+    "reinforce": "adrl.agents.reinforce",
+    "ppo": "adrl.agents.sb3",
+    "a2c": "adrl.agents.sb3",
+    "dqn": "adrl.agents.sb3",
+    "linucb": "adrl.agents.bandits",
+    "greedy": "adrl.agents.baselines",
+    "pacing": "adrl.agents.baselines",
+    "random": "adrl.agents.baselines",
+}
+Score = Callable[[Any], float]  # mean return per user-day of a candidate policy on the simulator a run is for
+
+
+def build_agent(
+    name: str,
+    scenario: Scenario,
+    params: dict[str, Any],
+    *,
+    seed: int | None,
+    value_model: Any = None,
+    score: Score | None = None,
+) -> Any:
+    """Build agent ``name`` (a key of :data:`AGENTS`) with ``params``.
+
+    Rules rank actions with ``value_model`` (the ground truth if None) and tune what their preset leaves open by
+    ``score`` (e.g. pacing's ``min_gap``), the same way agents are trained: on the run's simulator.
+    """
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent {name!r}; expected one of {list(AGENTS)}")
+    module = importlib.import_module(AGENTS[name])
+    return module.build(name, scenario, params, seed=seed, value_model=value_model, score=score)
+
+
+def agent_params(config_cls: Any, params: dict[str, Any], agent: str) -> Any:
+    """``config_cls(**params)`` for a dataclass config; unknown or invalid parameters are a ``ConfigError``."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    check_params(params, known, agent)
+    try:
+        return config_cls(**params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{agent}: {e}") from None
+
+
+def check_params(params: dict[str, Any], allowed: set[str], agent: str) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"{agent}: unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
 
 
 def register_kind(kind: str, loader: Callable[[Path], Any]) -> None:
@@ -103,11 +157,5 @@ def load_policy_artifact(path: Path | str, *, expect_layout: FeatureLayout | Non
 
 def _import_builtin_kinds() -> None:
     """Importing the agent modules registers their kinds."""
-    import importlib
-
-    for module in ("baselines", "q_learning", "reinforce", "sb3", "bandits"):
-        try:
-            importlib.import_module(f"adrl.agents.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"adrl.agents.{module}":
-                raise
+    for module in dict.fromkeys(AGENTS.values()):
+        importlib.import_module(module)

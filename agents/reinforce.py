@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs, joint_probabilities, sample_from
-from adrl.agents.registry import agent_config, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.actions import joint_probabilities, sample_from
+from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs
+from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
@@ -214,6 +215,10 @@ class ReinforceAgent:
         if isinstance(manifest.get("rng_state"), dict):
             agent.rng.bit_generator.state = manifest["rng_state"]
         return agent
+
+
+def build(name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, **_: Any) -> ReinforceAgent:
+    return ReinforceAgent(scenario, agent_params(ReinforceConfig, params, name), seed=seed)
 
 
 register_kind(ReinforceAgent.kind, ReinforceAgent.load)

@@ -22,7 +22,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adrl.agents.base import check_obs, joint_probabilities, one_hot, unflatten
+from adrl.actions import joint_probabilities, unflatten
+from adrl.agents.base import check_obs, one_hot
 from adrl.agents.registry import read_policy_manifest, register_kind, write_policy_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError, ConfigError
@@ -217,6 +218,13 @@ class SB3Agent:
         agent.model = model
         agent.steps_done = int(manifest.get("steps_done", 0))
         return agent
+
+
+def build(name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, **_: Any) -> SB3Agent:
+    """``params`` are the algorithm's hyper-parameters, plus ``log_every`` (steps between logged statistics)."""
+    log_every = int(params.get("log_every", 100_000))
+    hyper = {k: v for k, v in params.items() if k != "log_every"}
+    return SB3Agent(scenario, SB3Config(algo=name, hyperparameters=hyper, log_every=log_every), seed=seed)
 
 
 for _kind in SB3Agent.kinds:

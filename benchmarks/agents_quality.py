@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from adrl.agents.baselines import GreedyPolicy, RandomPolicy
-from adrl.agents.factory import search_pacing_gap
 from adrl.agents.registry import load_policy_artifact
-from adrl.commands.train import train_run
-from adrl.evaluation import evaluate_policies
+from adrl.evaluation import evaluate_policies, search_pacing_gap
 from adrl.scenario import Scenario
+from adrl.training import train_run
 
 GROUND_TRUTH = "adrl/AdPlacement-v0"
 

@@ -31,9 +31,9 @@ from adrl.agents.baselines import GreedyPolicy, PacingPolicy
 from adrl.agents.registry import load_policy_artifact
 from adrl.commands.simulate import parse_epsilon
 from adrl.features import FeatureLayout
-from adrl.ope.truth import true_reward_moments
 from adrl.scenario import Scenario
 from adrl.simulate import make_logging_policy, replay_decisions
+from adrl.truth import true_reward_moments
 from adrl.world import UserBatch, World
 
 GRID = ("1,0.5,0.3", "1,0.5,0.5", "1,0.7,0.5", "1,0.7,0.7", "1,0.8,0.6", "1,0.9,0.6", "1,1,0.7", "0.8,0.8,0.6",

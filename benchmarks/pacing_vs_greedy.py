@@ -1,6 +1,6 @@
 """Scenario sanity (prints JSON): the pacing heuristic vs the always-show-now greedy policy on the ground truth.
 
-``min_gap`` is chosen per scenario by :func:`adrl.envs.pacing.choose_pacing_gap` on one seed, then greedy, the
+``min_gap`` is chosen per scenario by :func:`adrl.evaluation.choose_pacing_gap` on one seed, then greedy, the
 chosen pacing policy and a uniform random policy are evaluated on other users (another seed; the same users for
 every policy). Goal: pacing's mean return per user-day >= 1.15 x greedy's in the default scenario.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from adrl.agents.baselines import GreedyPolicy, PacingPolicy, RandomPolicy
-from adrl.envs.pacing import DEFAULT_GAPS, ReturnSummary, episode_returns, pacing_gap_search
+from adrl.evaluation import DEFAULT_GAPS, ReturnSummary, episode_returns, pacing_gap_search
 from adrl.scenario import resolve_scenario
 
 

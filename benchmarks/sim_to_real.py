@@ -7,7 +7,7 @@ Greedy, pacing (both ranking actions with the learned model) and random are the 
 
 Goal (issue 5): for each agent, return(trained on learned) / return(trained on truth) >= 0.9 on the ground truth.
 With ``--fidelity`` the report adds, per agent trained on the learned simulator, the mean predicted vs true
-probabilities on its own rollouts (``adrl.behavior.fidelity``).
+probabilities on its own rollouts (``adrl.fidelity``).
 
     .venv/bin/python -m benchmarks.sim_to_real > sim_to_real.json
 """
@@ -23,13 +23,13 @@ from typing import Any
 
 from adrl.agents.registry import load_policy_artifact
 from adrl.behavior import FitConfig, LearnedResponse, fit_adrl
-from adrl.behavior.fidelity import rollout_fidelity
-from adrl.commands.train import train_run
+from adrl.envs.registration import LEARNED_ID
 from adrl.evaluation import evaluate_policy
 from adrl.features import FeatureLayout
+from adrl.fidelity import rollout_fidelity
 from adrl.scenario import resolve_scenario
 from adrl.simulate import simulate
-from adrl.training import LEARNED_ID
+from adrl.training import train_run
 
 TRUTH_ID = "adrl/AdPlacement-v0"
 GOAL = 0.9

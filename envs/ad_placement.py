@@ -23,8 +23,9 @@ from gymnasium import spaces
 from adrl.envs.registration import LEARNED_ID
 from adrl.errors import ConfigError, InvalidAction, ResetNeeded
 from adrl.features import FeatureLayout
+from adrl.protocols import ResponseModel
 from adrl.scenario import Scenario, resolve_scenario
-from adrl.world import ResponseModel, StepResult, UserBatch, World
+from adrl.world import StepResult, UserBatch, World
 
 BehaviorModel = ResponseModel | Path | str
 

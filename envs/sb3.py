@@ -24,7 +24,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from adrl.agents.base import unflatten
+from adrl.actions import unflatten
 from adrl.envs.ad_placement import BehaviorModel
 from adrl.envs.vector import AdPlacementVectorEnv
 from adrl.errors import ConfigError, ResetNeeded

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from adrl.actions import flat_index
 from adrl.agents.bandits import LinUCBAgent, LinUCBConfig
-from adrl.agents.base import flat_index
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolicy, RandomPolicy
 from adrl.agents.q_learning import QLearningConfig, TabularQAgent
 from adrl.agents.registry import load_policy_artifact

@@ -28,9 +28,10 @@ from adrl.cli import app
 from adrl.errors import ArtifactError, ConfigError, DataError, FeatureMismatch
 from adrl.features import FeatureLayout
 from adrl.logs import feature_columns, read_logs
+from adrl.protocols import ResponseModel
 from adrl.scenario import Scenario
 from adrl.simulate import simulate
-from adrl.world import ResponseModel, World
+from adrl.world import World
 
 FAST = FitConfig(
     epochs=8,

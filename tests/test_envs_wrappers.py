@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 
 import adrl  # noqa: F401  (registers the ids)
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.agents.baselines import GreedyPolicy, PacingPolicy, RandomPolicy
+from adrl.agents.discretizer import DiscreteObservationWrapper, StateDiscretizer
 from adrl.envs.ad_placement import AdPlacementEnv
-from adrl.envs.pacing import ReturnSummary, choose_pacing_gap, episode_returns
 from adrl.envs.registration import GROUND_TRUTH_ID
 from adrl.envs.vector import AdPlacementVectorEnv
-from adrl.envs.wrappers import (
-    DiscreteObservationWrapper,
-    FlatActionVectorWrapper,
-    FlatActionWrapper,
-    LogRecorder,
-    StateDiscretizer,
-)
+from adrl.envs.wrappers import FlatActionVectorWrapper, FlatActionWrapper, LogRecorder
 from adrl.errors import ConfigError, InvalidAction
+from adrl.evaluation import ReturnSummary, choose_pacing_gap, episode_returns
 from adrl.logs import read_logs
 from adrl.scenario import Scenario
 

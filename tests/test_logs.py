@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.cli import app
 from adrl.errors import DataError
 from adrl.features import FeatureLayout

@@ -11,10 +11,10 @@ import pytest
 
 from adrl.agents.baselines import RandomPolicy
 from adrl.behavior import BehaviorModel, FitConfig, FitReport, LearnedResponse, fit_adrl
-from adrl.behavior.fidelity import QUANTITIES, rollout_fidelity
 from adrl.behavior.inputs import AdrlEncoder, count_caps
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
+from adrl.fidelity import QUANTITIES, rollout_fidelity
 from adrl.logs import feature_columns, read_logs
 from adrl.scenario import Scenario
 from adrl.simulate import simulate

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adrl.cli import app
-from adrl.commands.train import train_run
+from adrl.training import train_run
 
 ADRL = [sys.executable, "-m", "adrl.cli"]
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.agents.baselines import GreedyPolicy
 from adrl.logs import read_logs
-from adrl.ope.truth import check_truth, per_decision_truth, true_action_values, true_reward_moments
 from adrl.scenario import Scenario
 from adrl.simulate import make_logging_policy, simulate
+from adrl.truth import check_truth, per_decision_truth, true_action_values, true_reward_moments
 from adrl.world import World
 
 

@@ -6,20 +6,20 @@ Per-decision (contextual-bandit) value: :class:`DM`, :class:`IPS`, :class:`SNIPS
 :func:`evaluate` runs several on a :class:`LoggedData` set with cross-fitted reward models.
 """
 
-from adrl.ope.bandit import BANDIT_ESTIMATORS, DM, DR, IPS, SNDR, SNIPS, BanditEstimator, SwitchDR, estimate_all
+from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, BanditEstimator, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, from_adrl_frame, read_adrl_logs
 from adrl.ope.estimate import Estimate, bootstrap_mean, resampled_sums
 from adrl.ope.reward_models import FittedRidge, MaskedQ, QFunction, RidgeRewardModel, behavior_q, cross_fit, q_terms
-from adrl.ope.run import ALL_ESTIMATORS, DEFAULT_ESTIMATORS, OPEResult, evaluate, parse_estimators
+from adrl.ope.run import ALL_ESTIMATORS, DEFAULT_ESTIMATORS, ESTIMATORS, OPEResult, evaluate, parse_estimators
 from adrl.ope.sequential import FQE, PDIS, WDR, WIS, FQEFit
 from adrl.ope.validation import check_bandit_inputs, check_sequential_inputs
 
 __all__ = [
     "ALL_ESTIMATORS",
-    "BANDIT_ESTIMATORS",
     "DEFAULT_ESTIMATORS",
     "DM",
     "DR",
+    "ESTIMATORS",
     "FQE",
     "IPS",
     "PDIS",

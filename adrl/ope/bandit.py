@@ -101,6 +101,7 @@ class BanditEstimator:
     """Shared driver: validate, build :class:`Terms`, compute the value, interval and weight diagnostics."""
 
     name: ClassVar[str]
+    scope: ClassVar[str] = "per-decision"
     needs_model: ClassVar[bool] = False
 
     def terms(
@@ -314,9 +315,6 @@ class SwitchDR(BanditEstimator):
         w = target_prob / propensity
         w = np.where(w <= self.tau, w, 0.0)
         return Terms(direct=q_target, correction=w * (reward - q_logged), normalizer=None, weight=w)
-
-
-BANDIT_ESTIMATORS: dict[str, type[BanditEstimator]] = {cls.name: cls for cls in (DM, IPS, SNIPS, DR, SNDR, SwitchDR)}
 
 
 def _group_sums(columns: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.errors import DataError, FeatureMismatch
 from adrl.features import LOG_PREFIX, FeatureLayout
 from adrl.logs import feature_columns, read_logs, read_schema

@@ -24,12 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
 from adrl.errors import ArtifactError, DataError
+
+if TYPE_CHECKING:
+    from adrl.ope.data import LoggedData
 
 Probs: TypeAlias = Any  # (n, n_actions) action probabilities: a numpy array or a scipy.sparse matrix
 
@@ -332,3 +335,10 @@ def behavior_q(path: Path | str, scenario: Any) -> QFunction:
         return v.reshape(v.shape[0], -1)
 
     return q
+
+
+def default_reward_model(data: LoggedData, alpha: float = 10.0) -> RidgeRewardModel:
+    """Per-action ridge on the data's features (categoricals one-hot, action features shared)."""
+    return RidgeRewardModel(
+        n_actions=data.n_actions, alpha=alpha, categorical=data.categorical, action_features=data.action_features
+    )

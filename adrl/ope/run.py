@@ -17,17 +17,22 @@ import numpy as np
 import scipy.sparse as sp
 
 from adrl.errors import ConfigError
-from adrl.ope.bandit import BANDIT_ESTIMATORS, BanditEstimator, estimate_all
+from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, BanditEstimator, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate
-from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, fold_ids, q_terms
-from adrl.ope.sequential import FQE, PDIS, SEQUENTIAL_ESTIMATORS, WDR, WIS, FQEFit
+from adrl.ope.inputs import EpisodeInputs
+from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, default_reward_model, q_terms
+from adrl.ope.sequential import FQE, PDIS, WDR, WIS
 
-ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS)
+# The one table of estimators, per-decision and whole-episode alike: name -> class. A per-decision estimator is a
+# BanditEstimator (they share one validation pass and one set of resamples); an episode-level one has
+# ``run(EpisodeInputs) -> Estimate``. Adding an estimator is its own module plus one entry here.
+ESTIMATORS: dict[str, Any] = {e.name: e for e in (DM, IPS, SNIPS, DR, SNDR, SwitchDR, PDIS, WIS, WDR, FQE)}
+ALL_ESTIMATORS = tuple(ESTIMATORS)
 DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "pdis", "wis", "wdr", "fqe")
 # below this effective sample size an importance-weighted estimate is flagged as unreliable
 MIN_ESS = 100.0
-SCOPE = {**{k: "per-decision" for k in BANDIT_ESTIMATORS}, **{k: "episode" for k in SEQUENTIAL_ESTIMATORS}}
+SCOPE = {k: e.scope for k, e in ESTIMATORS.items()}
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,6 @@ def model_terms(
     return q_logged, q_target
 
 
-def default_reward_model(data: LoggedData, alpha: float = 10.0) -> RidgeRewardModel:
-    return RidgeRewardModel(
-        n_actions=data.n_actions, alpha=alpha, categorical=data.categorical, action_features=data.action_features
-    )
-
-
 def evaluate(
     data: LoggedData,
     probs: TargetProbs,
@@ -158,9 +157,9 @@ def evaluate(
     start = time.perf_counter()
     names = parse_estimators(list(estimators))
     fold_rng, boot_rng, seq_rng = rng.spawn(3)
-    bandit = [BANDIT_ESTIMATORS[k]() for k in names if k in BANDIT_ESTIMATORS]
-    sequential = [k for k in names if k in SEQUENTIAL_ESTIMATORS]
-    need_probs_matrix = any(k in ("fqe", "wdr") for k in sequential)
+    bandit = [ESTIMATORS[k]() for k in names if issubclass(ESTIMATORS[k], BanditEstimator)]
+    episodic = [k for k in names if not issubclass(ESTIMATORS[k], BanditEstimator)]
+    need_probs_matrix = any(ESTIMATORS[k].needs_probs_matrix for k in episodic)
     target_prob, probs_matrix = target_probabilities(data, probs, keep=need_probs_matrix)
     estimates: dict[str, Estimate] = {}
     model_name = "none"
@@ -180,26 +179,12 @@ def evaluate(
         n_boot=n_boot, groups=data.episode_id,  # decisions of one user-day are resampled together
     )  # fmt: skip
     estimates.update(results)
-    fqe_fit: FQEFit | None = None
-    if need_probs_matrix:
-        assert probs_matrix is not None
-        fqe = FQE(reward_model or default_reward_model(data), gamma=gamma)
-        fqe_fit = _cross_fitted_fqe(fqe, data, probs_matrix, n_folds=n_folds, rng=fold_rng)
-    for k in sequential:
-        kw: dict[str, Any] = {"rng": seq_rng, "alpha": alpha, "n_boot": n_boot}
-        args = (data.episode_id, data.step, data.reward, data.propensity, target_prob)
-        if k == "pdis":
-            estimates[k] = PDIS(gamma).estimate(*args, **kw)
-        elif k == "wis":
-            estimates[k] = WIS(gamma).estimate(*args, **kw)
-        elif k == "wdr":
-            assert fqe_fit is not None
-            estimates[k] = WDR(gamma).estimate(*args, fqe_fit.q_logged, fqe_fit.v_target, **kw)
-        else:
-            assert fqe_fit is not None and probs_matrix is not None
-            estimates[k] = FQE(default_reward_model(data), gamma=gamma).estimate(
-                data.episode_id, data.step, data.obs, data.action, data.reward, probs_matrix, fitted=fqe_fit, **kw
-            )
+    inputs = EpisodeInputs(
+        data, target_prob, probs_matrix, gamma=gamma, rng=seq_rng, fold_rng=fold_rng, alpha=alpha, n_boot=n_boot,
+        n_folds=n_folds, reward_model=reward_model,
+    )  # fmt: skip
+    for k in episodic:
+        estimates[k] = ESTIMATORS[k].run(inputs)
     ordered = {k: estimates[k] for k in names}
     return OPEResult(ordered, data.n, data.n_episodes, model_name, time.perf_counter() - start)
 
@@ -207,20 +192,3 @@ def evaluate(
 def _ordered(bandit: list[BanditEstimator], names: list[str]) -> list[BanditEstimator]:
     by_name = {e.name: e for e in bandit}
     return [by_name[k] for k in names if k in by_name]
-
-
-def _cross_fitted_fqe(
-    fqe: FQE, data: LoggedData, probs: sp.csr_matrix, *, n_folds: int, rng: np.random.Generator
-) -> FQEFit:
-    """Q̂ / V̂ of every row from FQE fitted on the other folds' episodes."""
-    folds = fold_ids(data.n, n_folds, rng, groups=data.episode_id)
-    q_logged = np.empty(data.n)
-    v_target = np.empty(data.n)
-    for k in range(n_folds):
-        held = np.flatnonzero(folds == k)
-        fit = fqe.fit(
-            data.episode_id, data.step, data.obs, data.action, data.reward, probs,
-            predict_rows=held, fit_rows=np.flatnonzero(folds != k),
-        )  # fmt: skip
-        q_logged[held], v_target[held] = fit.q_logged, fit.v_target
-    return FQEFit(q_logged=q_logged, v_target=v_target)

@@ -22,15 +22,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from adrl.errors import DataError
 from adrl.ope.estimate import Estimate, interval_from_sums, weight_diagnostics
-from adrl.ope.reward_models import Probs, RidgeRewardModel, _sparse_if_sparse
+from adrl.ope.reward_models import Probs, RidgeRewardModel, _sparse_if_sparse, default_reward_model
 from adrl.ope.validation import as_vector, check_finite, check_sequential_inputs
+
+if TYPE_CHECKING:
+    from adrl.ope.inputs import EpisodeInputs
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,13 @@ class PDIS:
 
     gamma: float = 1.0
     name: ClassVar[str] = "pdis"
+    scope: ClassVar[str] = "episode"
+    needs_probs_matrix: ClassVar[bool] = False
+
+    @classmethod
+    def run(cls, inputs: EpisodeInputs) -> Estimate:
+        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
+        return cls(inputs.gamma).estimate(*inputs.weights_args, **inputs.interval)
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
@@ -156,6 +166,13 @@ class WIS:
 
     gamma: float = 1.0
     name: ClassVar[str] = "wis"
+    scope: ClassVar[str] = "episode"
+    needs_probs_matrix: ClassVar[bool] = False
+
+    @classmethod
+    def run(cls, inputs: EpisodeInputs) -> Estimate:
+        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
+        return cls(inputs.gamma).estimate(*inputs.weights_args, **inputs.interval)
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
@@ -202,6 +219,14 @@ class WDR:
 
     gamma: float = 1.0
     name: ClassVar[str] = "wdr"
+    scope: ClassVar[str] = "episode"
+    needs_probs_matrix: ClassVar[bool] = True
+
+    @classmethod
+    def run(cls, inputs: EpisodeInputs) -> Estimate:
+        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
+        fit = inputs.fqe_fit
+        return cls(inputs.gamma).estimate(*inputs.weights_args, fit.q_logged, fit.v_target, **inputs.interval)
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
@@ -270,6 +295,23 @@ class FQE:
     gamma: float = 1.0
     n_iter: int | None = None
     name: ClassVar[str] = "fqe"
+    scope: ClassVar[str] = "episode"
+    needs_probs_matrix: ClassVar[bool] = True
+
+    @classmethod
+    def run(cls, inputs: EpisodeInputs) -> Estimate:
+        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
+        d = inputs.data
+        return cls(inputs.reward_model or default_reward_model(d), gamma=inputs.gamma).estimate(
+            d.episode_id,
+            d.step,
+            d.obs,
+            d.action,
+            d.reward,
+            inputs.require_probs(),
+            fitted=inputs.fqe_fit,
+            **inputs.interval,
+        )
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
@@ -365,6 +407,3 @@ def _take_rows(probs: Probs, rows: np.ndarray) -> Probs:
     if sp.issparse(probs):
         return sp.csr_matrix(probs)[rows]
     return probs[rows]
-
-
-SEQUENTIAL_ESTIMATORS = ("pdis", "wis", "wdr", "fqe")

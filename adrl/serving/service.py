@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.errors import ConfigError
 from adrl.policy import (
     REQUEST_ADAPTER,

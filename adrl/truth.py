@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from adrl.agents.base import flat_index
+from adrl.actions import flat_index
 from adrl.scenario import Scenario
 from adrl.simulate import make_logging_policy, replay_decisions
 from adrl.world import UserBatch, World

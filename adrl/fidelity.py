@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from adrl.behavior.response import LearnedResponse
+from adrl.envs.vector import AdPlacementVectorEnv
 from adrl.scenario import RewardTable
 from adrl.world import Response, World
 
@@ -143,8 +144,6 @@ def rollout_fidelity(
         deterministic: passed to ``policy.predict``.
         buckets: features (observation names, ``times_seen``, ``fatigue``, ``slot``, ``delay``) and bucket edges.
     """
-    from adrl.envs.vector import AdPlacementVectorEnv
-
     sc = response.scenario
     env = AdPlacementVectorEnv(n_envs, sc, behavior_model=response, autoreset_mode=AutoresetMode.SAME_STEP)
     world = World(sc)
