@@ -6,12 +6,12 @@ import adrl.envs.registration  # noqa: F401  (registers adrl/AdPlacement-v0 and 
 from adrl.errors import AdrlError, ArtifactError, ConfigError, DataError, FeatureMismatch, InvalidAction
 from adrl.features import FeatureLayout
 from adrl.scenario import Scenario, load_scenario
+from adrl.version import __version__
 from adrl.world import World
 
 if TYPE_CHECKING:
     from adrl.policy import load_policy
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AdrlError",

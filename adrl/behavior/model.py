@@ -19,13 +19,13 @@ import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 
-from adrl import __version__
 from adrl.behavior.fast import FastPredictor
 from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec
 from adrl.behavior.net import BehaviorNet
 from adrl.errors import ArtifactError, FeatureMismatch
 from adrl.features import Feature, FeatureLayout
 from adrl.io import atomic_path, read_manifest, write_json_atomic
+from adrl.version import __version__
 
 KIND = "behavior-model"
 VERSION = 2  # 2: model.json records the count-feature caps ("input_caps"); version 1 (no caps) still loads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,15 @@ class BehaviorValueModel:
             value = self.rewards.expected(p_click, p_ctcvr, act[:, 1], act[:, 2])
             out[i : i + step] = value.reshape(o.shape[0], k)
         return out.reshape(obs.shape[0], len(d_idx), sc.n_slots, sc.n_creatives)
+
+
+def behavior_q(path: Path | str, scenario: Scenario) -> Callable[[np.ndarray], np.ndarray]:
+    """Immediate expected reward of every action (n, n_actions) from an ``adrl fit`` artifact: a reward model for
+    the per-decision DM / DR estimators (``adrl ope --behavior DIR``)."""
+    value_model = BehaviorValueModel(BehaviorModel.load(Path(path)), scenario)
+
+    def q(obs: np.ndarray) -> np.ndarray:
+        v = np.asarray(value_model.expected_reward(obs))
+        return v.reshape(v.shape[0], -1)
+
+    return q

@@ -37,9 +37,9 @@ def run_adrl(
     n_folds: int,
 ) -> dict[str, Any]:
     from adrl.agents.registry import load_policy_artifact, read_policy_manifest
+    from adrl.behavior.response import behavior_q
     from adrl.features import FeatureLayout
     from adrl.ope.data import read_adrl_logs
-    from adrl.ope.reward_models import behavior_q
 
     policy_dir = Path(policy)
     _, scenario = read_policy_manifest(policy_dir)

@@ -9,7 +9,7 @@ Per-decision (contextual-bandit) value: :class:`DM`, :class:`IPS`, :class:`SNIPS
 from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, BanditEstimator, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, from_adrl_frame, read_adrl_logs
 from adrl.ope.estimate import Estimate, bootstrap_mean, resampled_sums
-from adrl.ope.reward_models import FittedRidge, MaskedQ, QFunction, RidgeRewardModel, behavior_q, cross_fit, q_terms
+from adrl.ope.reward_models import FittedRidge, MaskedQ, QFunction, RidgeRewardModel, cross_fit, q_terms
 from adrl.ope.run import ALL_ESTIMATORS, DEFAULT_ESTIMATORS, ESTIMATORS, OPEResult, evaluate, parse_estimators
 from adrl.ope.sequential import FQE, PDIS, WDR, WIS, FQEFit
 from adrl.ope.validation import check_bandit_inputs, check_sequential_inputs
@@ -37,7 +37,6 @@ __all__ = [
     "QFunction",
     "RidgeRewardModel",
     "SwitchDR",
-    "behavior_q",
     "bootstrap_mean",
     "check_bandit_inputs",
     "check_sequential_inputs",

@@ -16,20 +16,18 @@ Built in:
   model's overfitting does not leak into DR's correction term. Folds can be formed by group (episode), so no
   user-day is split across folds.
 - :class:`MaskedQ`: forces q̂ = 0 where the reward is known to be 0 (an ad whose delay runs past the day).
-- :func:`behavior_q`: the immediate expected reward of an ``adrl fit`` behavior-model artifact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
-from adrl.errors import ArtifactError, DataError
+from adrl.errors import DataError
 
 if TYPE_CHECKING:
     from adrl.ope.data import LoggedData
@@ -300,41 +298,6 @@ def cross_fit(
         train = np.flatnonzero(folds != k)
         out.append((fit(obs[train], action[train], reward[train]), held))
     return out
-
-
-def behavior_q(path: Path | str, scenario: Any) -> QFunction:
-    """Immediate expected reward of every action from an ``adrl fit`` behavior-model artifact.
-
-    Uses ``adrl.behavior.BehaviorModel.load`` and ``BehaviorValueModel(model, scenario).expected_reward``
-    (shape (n, D, S, C), flattened to the joint action index).
-
-    Raises:
-        ArtifactError: ``adrl.behavior`` is not available, or the artifact cannot be loaded.
-    """
-    import importlib
-
-    found: dict[str, Any] = {}
-    for module in ("adrl.behavior", "adrl.behavior.model", "adrl.behavior.value", "adrl.behavior.response"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        for attr in ("BehaviorModel", "BehaviorValueModel"):
-            if found.get(attr) is None:
-                found[attr] = getattr(mod, attr, None)
-    model_cls, value_cls = found.get("BehaviorModel"), found.get("BehaviorValueModel")
-    if model_cls is None or value_cls is None:
-        raise ArtifactError(
-            "this adrl build has no behavior value model (adrl.behavior.BehaviorModel / BehaviorValueModel); "
-            "omit --behavior to fit a reward model on the logs instead"
-        )
-    value_model = value_cls(model_cls.load(Path(path)), scenario)
-
-    def q(obs: np.ndarray) -> np.ndarray:
-        v = np.asarray(value_model.expected_reward(obs))
-        return v.reshape(v.shape[0], -1)
-
-    return q
 
 
 def default_reward_model(data: LoggedData, alpha: float = 10.0) -> RidgeRewardModel:
