@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench venv clean
+.PHONY: demo test lint typecheck pytest bench venv clean wheel-check
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# the wheel, installed in a fresh venv outside the repo, runs `adrl quickstart --fast` (CI runs it after the tests)
+wheel-check: $(STAMP)
+	bash .ci/wheel_check "$(PYTHON)" "$(TORCH_SPEC)"
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -12,7 +12,8 @@ import adrl
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy
 from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.policy import Exploration, InvalidRequest, load_policy
+from adrl.policy import Exploration, load_policy
+from adrl.requests import InvalidRequest
 from adrl.scenario import Scenario
 
 USER = {"segment": "commuter", "signals": {"travel": 0.7}}

@@ -42,7 +42,7 @@ class EpisodeInputs:
     reward_model: RidgeRewardModel | None = None
 
     @property
-    def weights_args(self) -> tuple[np.ndarray, ...]:
+    def weights_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(episode_id, step, reward, propensity, target_prob): the inputs of the importance-weighted ones."""
         d = self.data
         return d.episode_id, d.step, d.reward, d.propensity, self.target_prob

@@ -39,7 +39,7 @@ Probs: TypeAlias = Any  # (n, n_actions) action probabilities: a numpy array or 
 class QFunction(Protocol):
     """q̂(x, a) of every action for observations ``obs`` (n, obs_dim): shape (n, n_actions)."""
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray: ...
+    def __call__(self, obs: np.ndarray, /) -> np.ndarray: ...
 
 
 def _sparse_if_sparse(probs: Probs) -> Probs:

@@ -28,7 +28,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adrl.errors import AdrlError
-from adrl.policy import Action, DecisionRequest, InvalidRequest
+from adrl.policy import Action
+from adrl.requests import DecisionRequest, InvalidRequest
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.metrics import CONTENT_TYPE
 from adrl.serving.service import (

@@ -49,7 +49,7 @@ from adrl.errors import AdrlError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
 from adrl.io import read_json, write_json_atomic
 from adrl.logs import LogWriter, logged_columns
-from adrl.policy import InvalidRequest
+from adrl.requests import InvalidRequest
 from adrl.scenario import HOURS_PER_DAY, Scenario
 from adrl.serving.journal import Journal, ReadStats, encode_line, read_records, segments
 

@@ -15,15 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adrl.actions import flat_index
 from adrl.errors import ConfigError
-from adrl.policy import (
+from adrl.policy import Exploration, LoadedPolicy, load_policy
+from adrl.requests import (
     REQUEST_ADAPTER,
     REQUESTS_ADAPTER,
     DecisionRequest,
-    Exploration,
     InvalidRequest,
-    LoadedPolicy,
     invalid_from,
-    load_policy,
     summarize_errors,
     validation_errors,
 )
