@@ -12,7 +12,7 @@ batched over all sub-envs of a vector env.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from adrl.actions import unflatten
 from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
-from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
@@ -153,24 +153,17 @@ class LinUCBAgent:
         path.mkdir(parents=True, exist_ok=True)
         write_npy_atomic(path / "A.npy", self.A)
         write_npy_atomic(path / "b.npy", self.b)
-        write_policy_manifest(
-            path, kind=self.kind, version=self.version, scenario=self.scenario,
-            extra={"config": asdict(self.config), "dim": self.phi.dim, "steps_done": self.steps_done,
-                   "seed": self.seed},
-        )  # fmt: skip
+        write_learner_manifest(path, self, {"dim": self.phi.dim})
 
     @classmethod
     def load(cls, path: Path | str) -> LinUCBAgent:
         path = Path(path)
-        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        config = agent_config(LinUCBConfig, manifest, path)
-        agent = cls(scenario, config, seed=manifest.get("seed"))
+        agent, _ = read_learner(cls, LinUCBConfig, path)
         d = agent.phi.dim
         agent.A = load_npy(path / "A.npy", shape=(d, d)).astype(np.float64)
         agent.b = load_npy(path / "b.npy", shape=(d,)).astype(np.float64)
         if not (np.all(np.isfinite(agent.A)) and np.all(np.isfinite(agent.b))):
             raise ArtifactError(f"{path}: A.npy or b.npy holds NaN or infinite values")
-        agent.steps_done = int(manifest.get("steps_done", 0))
         agent._refresh()
         return agent
 

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adrl.agents.registry import AGENTS, Score, build_agent
+from adrl.agents.registry import AGENTS, build_agent
 from adrl.errors import ConfigError
-from adrl.scenario import Scenario, format_validation_error
+from adrl.scenario import format_validation_error
 
 AGENT_NAMES = tuple(AGENTS)
 
@@ -79,14 +79,4 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def make_agent(
-    name: str,
-    scenario: Scenario,
-    params: dict[str, Any],
-    *,
-    seed: int | None,
-    value_model: Any = None,
-    score: Score | None = None,
-) -> Any:
-    """Build agent ``name`` of the registration table (:data:`adrl.agents.registry.AGENTS`); see ``build_agent``."""
-    return build_agent(name, scenario, params, seed=seed, value_model=value_model, score=score)
+make_agent = build_agent  # the name the training loop and scripts use

@@ -12,7 +12,7 @@ The learned policy is greedy in Q: ``action_probabilities`` is one-hot.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,7 +21,7 @@ import numpy as np
 from adrl.actions import unflatten
 from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
 from adrl.agents.discretizer import PREFERRED_CATEGORY, StateDiscretizer
-from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.io import load_npy, write_npy_atomic
@@ -166,26 +166,12 @@ class TabularQAgent:
         path.mkdir(parents=True, exist_ok=True)
         write_npy_atomic(path / "q.npy", self.q)
         write_npy_atomic(path / "visits.npy", self.visits)
-        write_policy_manifest(
-            path,
-            kind=self.kind,
-            version=self.version,
-            scenario=self.scenario,
-            extra={
-                "config": asdict(self.config),
-                "n_states": self.discretizer.n_states,
-                "steps_done": self.steps_done,
-                "seed": self.seed,
-                "rng_state": self.rng.bit_generator.state,
-            },
-        )
+        write_learner_manifest(path, self, {"n_states": self.discretizer.n_states})
 
     @classmethod
     def load(cls, path: Path | str) -> TabularQAgent:
         path = Path(path)
-        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        config = agent_config(QLearningConfig, manifest, path)
-        agent = cls(scenario, config, seed=manifest.get("seed"))
+        agent, manifest = read_learner(cls, QLearningConfig, path)
         shape = (agent.discretizer.n_states, agent.n_actions)
         if manifest.get("n_states") != shape[0]:
             raise ArtifactError(f"{path}/manifest.json: n_states {manifest.get('n_states')} != {shape[0]}")
@@ -193,9 +179,6 @@ class TabularQAgent:
         agent.visits = load_npy(path / "visits.npy", shape=shape).astype(np.int64)
         if not np.all(np.isfinite(agent.q)):
             raise ArtifactError(f"{path}/q.npy holds NaN or infinite values")
-        agent.steps_done = int(manifest.get("steps_done", 0))
-        if isinstance(manifest.get("rng_state"), dict):
-            agent.rng.bit_generator.state = manifest["rng_state"]
         return agent
 
 

@@ -131,6 +131,31 @@ def read_policy_manifest(
     return manifest, scenario
 
 
+def write_learner_manifest(path: Path | str, agent: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a learning agent: its config, ``extra``, and its progress and random state (for resume)."""
+    rng = getattr(agent, "rng", None)
+    return write_policy_manifest(
+        path, kind=agent.kind, version=agent.version, scenario=agent.scenario,
+        extra={"config": dataclasses.asdict(agent.config), **extra, "steps_done": agent.steps_done, "seed": agent.seed,
+               **({"rng_state": rng.bit_generator.state} if rng is not None else {})},
+    )  # fmt: skip
+
+
+def read_learner(cls: Any, config_cls: Any, path: Path | str) -> tuple[Any, dict[str, Any]]:
+    """A learning agent of class ``cls`` rebuilt from its manifest (config, seed, progress, random state), with the
+    manifest; the caller loads its weights."""
+    manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
+    agent = cls(scenario, agent_config(config_cls, manifest, path), seed=manifest.get("seed"))
+    agent.steps_done = int(manifest.get("steps_done", 0))
+    state = manifest.get("rng_state")
+    if isinstance(state, dict) and getattr(agent, "rng", None) is not None:
+        try:
+            agent.rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as e:
+            raise ArtifactError(f"{Path(path) / MANIFEST}: invalid rng_state ({e})") from e
+    return agent, manifest
+
+
 def agent_config(config_cls: Any, manifest: dict[str, Any], path: Path | str) -> Any:
     """``config_cls(**manifest["config"])``, or an ``ArtifactError`` naming the artifact when it does not validate."""
     try:

@@ -11,7 +11,7 @@ separate MLP (the learned baseline). Torch is seeded once per ``learn`` call fro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from adrl.actions import joint_probabilities, sample_from
 from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs
-from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
@@ -187,33 +187,15 @@ class ReinforceAgent:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         optim = save_torch_state(path, {"policy": self.policy, "value": self.value}, self.opt)
-        write_policy_manifest(
-            path,
-            kind=self.kind,
-            version=self.version,
-            scenario=self.scenario,
-            extra={
-                "config": asdict(self.config),
-                "features_dim": self.features.dim,
-                "steps_done": self.steps_done,
-                "seed": self.seed,
-                "rng_state": self.rng.bit_generator.state,
-                **optim,
-            },
-        )
+        write_learner_manifest(path, self, {"features_dim": self.features.dim, **optim})
 
     @classmethod
     def load(cls, path: Path | str) -> ReinforceAgent:
         path = Path(path)
-        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        config = agent_config(ReinforceConfig, manifest, path)
-        agent = cls(scenario, config, seed=manifest.get("seed"))
+        agent, manifest = read_learner(cls, ReinforceConfig, path)
         if manifest.get("features_dim") != agent.features.dim:
             raise ArtifactError(f"{path}: network input size {manifest.get('features_dim')} != {agent.features.dim}")
         load_torch_state(path, {"policy": agent.policy, "value": agent.value}, agent.opt, manifest)
-        agent.steps_done = int(manifest.get("steps_done", 0))
-        if isinstance(manifest.get("rng_state"), dict):
-            agent.rng.bit_generator.state = manifest["rng_state"]
         return agent
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -90,19 +90,26 @@ def _diagnostics(rho: np.ndarray) -> tuple[float, float]:
     return weight_diagnostics(rho[:, -1])  # each episode's full-trajectory weight
 
 
-@dataclass(frozen=True)
-class PDIS:
-    """Per-decision importance sampling: 1/N Σ_i Σ_t γ^t ρ_{i,t} r_{i,t} (unbiased)."""
+class _ImportanceWeighted:
+    """The registry's entry point of the estimators that need only the weights and rewards (PDIS, WIS)."""
 
-    gamma: float = 1.0
-    name: ClassVar[str] = "pdis"
+    gamma: float
     scope: ClassVar[str] = "episode"
     needs_probs_matrix: ClassVar[bool] = False
 
     @classmethod
     def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
-        return cls(inputs.gamma).estimate(*inputs.weights_args, **inputs.interval)
+        """The estimate from the shared inputs of one evaluation."""
+        estimator: Any = cls(inputs.gamma)  # type: ignore[call-arg]  # subclasses are dataclasses with gamma
+        return estimator.estimate(*inputs.weights_args, **inputs.interval)
+
+
+@dataclass(frozen=True)
+class PDIS(_ImportanceWeighted):
+    """Per-decision importance sampling: 1/N Σ_i Σ_t γ^t ρ_{i,t} r_{i,t} (unbiased)."""
+
+    gamma: float = 1.0
+    name: ClassVar[str] = "pdis"
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
@@ -161,18 +168,11 @@ def _ratio_sum_statistic(h: int, disc: np.ndarray) -> tuple[Statistic, Influence
 
 
 @dataclass(frozen=True)
-class WIS:
+class WIS(_ImportanceWeighted):
     """Weighted per-decision importance sampling: Σ_t γ^t Σ_i ρ_{i,t} r_{i,t} / Σ_i ρ_{i,t} (consistent, biased)."""
 
     gamma: float = 1.0
     name: ClassVar[str] = "wis"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """The estimate from the shared inputs of one evaluation (the registry's entry point)."""
-        return cls(inputs.gamma).estimate(*inputs.weights_args, **inputs.interval)
 
     def __post_init__(self) -> None:
         _check_gamma(self.gamma)
