@@ -14,7 +14,8 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adrl.actions import component_probabilities, flat_index, uniform_actions
-from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, sample_actions
+from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, component_epsilons, sample_actions
+from adrl.errors import ConfigError
 from adrl.features import FeatureLayout
 from adrl.logs import LogWriter, logged_columns
 from adrl.scenario import Scenario
@@ -51,6 +52,17 @@ def make_logging_policy(
     if name == "epsilon-greedy":
         return EpsilonGreedyPolicy(GreedyPolicy(scenario), epsilon)
     raise ValueError(f"unknown logging policy {name!r}; expected 'random' or 'epsilon-greedy'")
+
+
+def parse_epsilon(text: str) -> tuple[float, float, float]:
+    """``0.3`` or ``1,0.5,0.3`` (delay, slot, creative) as three checked rates; ConfigError names the flag."""
+    try:
+        values = [float(v) for v in text.split(",")]
+        return component_epsilons(values, "--epsilon")
+    except ValueError as e:
+        detail = str(e) if "--epsilon" in str(e) else f"--epsilon {text!r} is not a number or a comma-separated list"
+        expected = "expected one rate in [0, 1] or three 'delay,slot,creative', e.g. 1,0.5,0.3"
+        raise ConfigError(f"{detail}; {expected}") from None
 
 
 def logged_actions(

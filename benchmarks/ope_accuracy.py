@@ -41,14 +41,13 @@ import numpy as np
 from adrl.actions import flat_index
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolicy
 from adrl.agents.registry import load_policy_artifact
-from adrl.commands.simulate import parse_epsilon
 from adrl.features import FeatureLayout
 from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, SwitchDR, estimate_all
 from adrl.ope.data import LoggedData, adrl_action_features, adrl_categorical, overrun_mask
 from adrl.ope.reward_models import cross_fit, default_reward_model
 from adrl.ope.run import evaluate, model_terms
 from adrl.scenario import Scenario
-from adrl.simulate import logged_actions, make_logging_policy
+from adrl.simulate import logged_actions, make_logging_policy, parse_epsilon
 from adrl.truth import check_truth, true_action_values
 from adrl.world import World
 

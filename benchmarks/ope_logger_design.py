@@ -29,10 +29,9 @@ import numpy as np
 
 from adrl.agents.baselines import GreedyPolicy, PacingPolicy
 from adrl.agents.registry import load_policy_artifact
-from adrl.commands.simulate import parse_epsilon
 from adrl.features import FeatureLayout
 from adrl.scenario import Scenario
-from adrl.simulate import make_logging_policy, replay_decisions
+from adrl.simulate import make_logging_policy, parse_epsilon, replay_decisions
 from adrl.truth import true_reward_moments
 from adrl.world import UserBatch, World
 

@@ -41,7 +41,7 @@ CONSTANT_APP = """
 import sys, uvicorn
 from fastapi import FastAPI
 from starlette.responses import Response
-from adrl.commands.serve import uvicorn_options
+from adrl.serving.app import uvicorn_options
 app = FastAPI()
 BODY = b'{"status":"ok","value":42}'
 @app.post("/const")
@@ -204,8 +204,8 @@ def main() -> None:
     wrk = ensure_wrk()
 
     from adrl.agents.baselines import GreedyPolicy
-    from adrl.commands.serve import uvicorn_options
     from adrl.scenario import Scenario
+    from adrl.serving.app import uvicorn_options
 
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

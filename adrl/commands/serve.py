@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from adrl.commands import cli_errors, console
 from adrl.errors import ConfigError
+from adrl.serving.app import uvicorn_options
 from adrl.serving.service import PolicyService, ServeConfig
-
-
-def uvicorn_options() -> dict[str, Any]:
-    """The uvicorn settings ``adrl serve`` runs with (the load benchmark's reference endpoint uses the same):
-    one worker, the C HTTP parser (httptools) and the libuv event loop (uvloop) when installed, no access log."""
-    options: dict[str, Any] = {"workers": 1, "log_level": "warning", "access_log": False}
-    options["http"] = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    options["loop"] = "uvloop" if sys.platform != "win32" and importlib.util.find_spec("uvloop") else "asyncio"
-    return options
 
 
 def register(app: typer.Typer) -> None:

@@ -10,27 +10,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from adrl.agents.baselines import component_epsilons
 from adrl.commands import cli_errors, console
-from adrl.errors import ConfigError
 from adrl.scenario import resolve_scenario
-from adrl.simulate import SimulationSummary, simulate
+from adrl.simulate import SimulationSummary, parse_epsilon, simulate
 
 
 class LoggingPolicy(StrEnum):
     random = "random"
     epsilon_greedy = "epsilon-greedy"
-
-
-def parse_epsilon(text: str) -> tuple[float, float, float]:
-    """``0.3`` or ``1,0.5,0.3`` (delay, slot, creative) as three checked rates; ConfigError names the flag."""
-    try:
-        values = [float(v) for v in text.split(",")]
-        return component_epsilons(values, "--epsilon")
-    except ValueError as e:
-        detail = str(e) if "--epsilon" in str(e) else f"--epsilon {text!r} is not a number or a comma-separated list"
-        expected = "expected one rate in [0, 1] or three 'delay,slot,creative', e.g. 1,0.5,0.3"
-        raise ConfigError(f"{detail}; {expected}") from None
 
 
 def summary_table(s: SimulationSummary, title: str = "simulated logs") -> Table:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -440,3 +442,12 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(ServingMiddleware, service=service, api_key=api_key, decisions=decisions)
     return app
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """The uvicorn settings ``adrl serve`` runs with (the load benchmark's reference endpoint uses the same):
+    one worker, the C HTTP parser (httptools) and the libuv event loop (uvloop) when installed, no access log."""
+    options: dict[str, Any] = {"workers": 1, "log_level": "warning", "access_log": False}
+    options["http"] = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    options["loop"] = "uvloop" if sys.platform != "win32" and importlib.util.find_spec("uvloop") else "asyncio"
+    return options
