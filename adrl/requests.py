@@ -50,9 +50,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+MAX_REPORTED_ERRORS = 20  # an error reply names at most this many problems (and counts the rest): a few KB at most
+_INT64 = 1 << 63
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | str):
+    """An echoed input, bounded and JSON-encodable: long values shortened, integers beyond int64 as text."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else _short(value)
+    if isinstance(value, str):
+        return value if len(value) <= 60 else _short(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     return _short(value)
@@ -67,6 +76,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 Signal = Annotated[float, Field(ge=-SIGNAL_BOUND, le=SIGNAL_BOUND)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Exposure = Annotated[float, Field(ge=0, le=1e6)]
+Int64 = Annotated[int, Field(ge=-_INT64, le=_INT64 - 1)]  # ids travel through the log as int64
 
 
 @with_config(_STRICT)
@@ -76,7 +86,7 @@ class UserFeatures(TypedDict):
     id: NotRequired[
         Annotated[str | None, Field(min_length=1, max_length=256, description="your user id; logs keep a keyed hash")]
     ]
-    segment: Annotated[str | int, Field(description="segment name (or its index in the scenario)")]
+    segment: Annotated[str | Int64, Field(description="segment name (or its index in the scenario)")]
     signals: NotRequired[
         Annotated[
             dict[str, Signal],
@@ -138,7 +148,7 @@ class DecisionRequest(TypedDict, total=False):
     """One decision: user + context (+ history), or a raw observation vector ``obs``."""
 
     episode_id: Annotated[
-        str | int | None,
+        str | Int64 | None,
         Field(description="the user's episode (e.g. user-day session) id; default: the user id, else a new episode"),
     ]
     step: Annotated[int | None, Field(ge=0, le=MAX_COUNT, description="step within the episode; default: counted")]
@@ -167,17 +177,22 @@ REQUESTS_ADAPTER: TypeAdapter[list[DecisionRequest]] = TypeAdapter(list[CheckedR
 
 
 def validation_errors(e: ValidationError) -> list[dict[str, Any]]:
-    """A pydantic error as FastAPI-shaped dicts with JSON-safe inputs."""
+    """A pydantic error as FastAPI-shaped dicts with JSON-safe, bounded inputs: the first
+    :data:`MAX_REPORTED_ERRORS` problems, then one entry counting the rest."""
     out = []
-    for err in e.errors(include_url=False, include_context=False):
+    errors = e.errors(include_url=False, include_context=False)
+    for err in errors[:MAX_REPORTED_ERRORS]:
         out.append(
             {
-                "loc": list(err["loc"]),
+                "loc": [_jsonable(x) for x in err["loc"]],
                 "msg": err["msg"].removeprefix("Value error, "),
                 "type": err["type"],
                 "input": _jsonable(err.get("input")),
             }
         )
+    if len(errors) > MAX_REPORTED_ERRORS:
+        more = len(errors) - MAX_REPORTED_ERRORS
+        out.append({"loc": [], "msg": f"{more} more invalid field(s) not listed", "type": "too_many_errors"})
     return out
 
 

@@ -30,6 +30,7 @@ import base64
 import datetime as dt
 import hmac
 import json
+import logging
 import re
 import secrets
 import threading
@@ -53,6 +54,7 @@ from adrl.requests import InvalidRequest
 from adrl.scenario import HOURS_PER_DAY, Scenario
 from adrl.serving.journal import Journal, ReadStats, encode_line, read_records, segments
 
+_LOG = logging.getLogger("adrl.serving")
 LOG_FORMAT = 1
 PART_RE = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
 MIN_KEY_BYTES = 16
@@ -102,6 +104,14 @@ def merge_outcome(old: Outcome | None, click: bool, conversion: bool, leave: boo
     """Several feedback events for one decision: any click or conversion counts (a conversion implies a click)."""
     c, v, lv, sh = old or NO_FEEDBACK
     return (c or click or conversion, v or conversion, lv or leave, sh and shown)
+
+
+def _issued_seq(raw: str) -> int:
+    """The sequence number of an event id's last part exactly as this log writes it (ASCII digits, no leading zero,
+    within int64); -1 for anything else, so an id never issued is never read as one that was."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or (raw[0] == "0" and raw != "0"):
+        return -1
+    return int(raw)
 
 
 def keyed_hash(key: bytes, domain: str, value: str | int) -> int:
@@ -318,6 +328,11 @@ class DecisionLog:
         self.stats.recovered_pending = len(self._pending)
         self.stats.recovered_torn, self.stats.recovered_corrupt = stats.torn, stats.corrupt
         self.stats.recovery_notes = list(stats.where or [])[:20]
+        if stats.corrupt or stats.torn:  # said once, at start: which lines of the journal could not be read
+            _LOG.warning(
+                "decision log %s: recovery skipped %d corrupt and %d torn journal line(s): %s",
+                self.log_dir, stats.corrupt, stats.torn, "; ".join(self.stats.recovery_notes[:5]),
+            )  # fmt: skip
 
     # ---- decisions -----------------------------------------------------------------------------------------
     def hash_id(self, domain: str, value: str | int) -> int:
@@ -436,7 +451,7 @@ class DecisionLog:
             pend = self._pending.get(event_id)
             if pend is None or now > pend[TS] + self.feedback_window:
                 token, _, raw = event_id.rpartition("-")
-                seq = int(raw) if raw.isdigit() and len(raw) < 19 else -1
+                seq = _issued_seq(raw)
                 if token != self.token or not 0 < seq < self._next_seq:
                     raise UnknownDecision(
                         f"unknown decision id {event_id!r}; expected an event_id returned by "
@@ -447,7 +462,15 @@ class DecisionLog:
                     f"feedback window of {self.feedback_window:g} s for decision {event_id!r} "
                     f"closed{ago}; feedback after the window is not joined"
                 )
-            self._feedback[event_id] = merge_outcome(self._feedback.get(event_id), click, conversion, leave, shown)
+            merged = merge_outcome(self._feedback.get(event_id), click, conversion, leave, shown)
+            if merged[0] and not merged[3]:  # the joined row is what must make sense, not each part alone
+                raise InvalidRequest.at(
+                    ["shown"],
+                    "this decision's feedback so far says it was clicked (or converted) but not shown; an ad that was "
+                    "not shown cannot be clicked or converted",
+                    shown,
+                )
+            self._feedback[event_id] = merged
             if self._journal is not None:
                 self._journal.append(
                     encode_line(

@@ -164,6 +164,11 @@ class PolicyService:
         self.metrics.gauge(
             "adrl_log_recovered_torn_records", "Torn journal lines skipped at start.", lambda: stats.recovered_torn
         )
+        self.metrics.gauge(
+            "adrl_log_recovered_corrupt_records",
+            "Journal lines skipped at start because their checksum or JSON was bad.",
+            lambda: stats.recovered_corrupt,
+        )
         self._action_dicts = [
             {
                 "delay_index": d,

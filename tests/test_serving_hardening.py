@@ -1,0 +1,114 @@
+"""Bad input to the server gets a bounded 4xx naming the problem: never a 500, never another decision's answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adrl.agents.baselines import GreedyPolicy
+from adrl.scenario import Scenario
+from adrl.serving import PolicyService, ServeConfig, create_app
+from adrl.serving.decision_log import DecisionLog
+
+KEY = "hardening-key-0123456789abcdef"
+REQ = {"episode_id": "s-1", "user": {"id": "alice", "segment": "office"}, "context": {"hour": 12}}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    tmp = tmp_path_factory.mktemp("hardening")
+    GreedyPolicy(Scenario()).save(tmp / "greedy")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADRL_LOG_KEY", KEY)
+    cfg = ServeConfig(policy=tmp / "greedy", log_dir=tmp / "log", feedback_window=30.0, flush_interval=0.05)
+    service = PolicyService.from_config(cfg)
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        yield c
+    mp.undo()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(["hour", "step", "episode_id", "segment", "impressions_24h"]),
+    value=st.one_of(st.integers(min_value=2**63, max_value=2**200), st.integers(max_value=-(2**63) - 1)),
+)
+def test_integers_beyond_64_bits_are_a_422_naming_the_field(client: TestClient, field: str, value: int) -> None:
+    req: dict = json.loads(json.dumps(REQ))
+    if field == "hour":
+        req["context"]["hour"] = value
+    elif field == "segment":
+        req["user"]["segment"] = value
+    elif field == "impressions_24h":
+        req["history"] = {"impressions_24h": value}
+    else:
+        req[field] = value
+    r = client.post("/v1/decisions", content=json.dumps(req))
+    assert r.status_code == 422, r.text
+    assert field in r.text and len(r.content) < 4096
+
+
+def test_error_replies_stay_small_whatever_the_body(client: TestClient) -> None:
+    r = client.post("/v1/decisions", content=json.dumps([{}] * 20_000))
+    assert r.status_code == 422
+    assert len(r.content) < 8192, len(r.content)
+    assert "more invalid field(s)" in r.text  # the rest are counted, not listed
+    long = client.post("/v1/decisions", content=json.dumps({**REQ, "episode_id": "x" * 100_000}))
+    assert long.status_code == 422 and len(long.content) < 4096
+
+
+@pytest.mark.parametrize("mangle", ["leading_zero", "arabic_digits", "fullwidth_digits", "plus_sign", "spaces"])
+def test_an_id_never_issued_is_unknown_not_read_as_an_issued_one(client: TestClient, mangle: str) -> None:
+    eid = client.post("/v1/decisions", json=REQ).json()["event_id"]
+    token, _, seq = eid.rpartition("-")
+    forged = {
+        "leading_zero": f"0{seq}",
+        "arabic_digits": "".join(chr(0x0660 + int(d)) for d in seq),
+        "fullwidth_digits": "".join(chr(0xFF10 + int(d)) for d in seq),
+        "plus_sign": f"+{seq}",
+        "spaces": f" {seq}",
+    }[mangle]
+    r = client.post("/v1/feedback", json={"decision_id": f"{token}-{forged}", "click": True})
+    assert r.status_code == 404, r.text
+    assert client.post("/v1/feedback", json={"decision_id": eid, "click": True}).status_code == 200
+
+
+def test_feedback_in_parts_cannot_build_a_row_a_single_request_is_refused_for(client: TestClient) -> None:
+    single = client.post("/v1/decisions", json=REQ).json()["event_id"]
+    assert client.post("/v1/feedback", json={"decision_id": single, "click": True, "shown": False}).status_code == 422
+    parts = client.post("/v1/decisions", json=REQ).json()["event_id"]
+    assert client.post("/v1/feedback", json={"decision_id": parts, "shown": False}).status_code == 200
+    r = client.post("/v1/feedback", json={"decision_id": parts, "click": True})
+    assert r.status_code == 422 and "not shown" in r.text
+    other = client.post("/v1/decisions", json=REQ).json()["event_id"]
+    assert client.post("/v1/feedback", json={"decision_id": other, "click": True}).status_code == 200
+    r = client.post("/v1/feedback", json={"decision_id": other, "shown": False})
+    assert r.status_code == 422
+
+
+def test_corrupt_journal_lines_are_counted_and_reported_on_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ADRL_LOG_KEY", KEY)
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    cfg = ServeConfig(policy=tmp_path / "greedy", log_dir=tmp_path / "log", feedback_window=60.0)
+    with PolicyService.from_config(cfg) as service:
+        for _ in range(3):
+            service.decide(REQ)
+    journal = sorted((tmp_path / "log" / "journal").glob("journal-*.jsonl"))[-1]
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"step"', b'"stap"')  # checksum no longer matches
+    journal.write_bytes(b"".join(lines))
+    with caplog.at_level(logging.WARNING, logger="adrl.serving"), PolicyService.from_config(cfg) as service:
+        assert service.log.stats.recovered_corrupt == 1
+        assert "1 corrupt" in caplog.text
+        metrics = create_app(service)
+        with TestClient(metrics) as c:
+            assert "adrl_log_recovered_corrupt_records 1" in c.get("/metrics").text
+    assert isinstance(service.log, DecisionLog)
