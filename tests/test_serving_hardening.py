@@ -112,3 +112,17 @@ def test_corrupt_journal_lines_are_counted_and_reported_on_recovery(
         with TestClient(metrics) as c:
             assert "adrl_log_recovered_corrupt_records 1" in c.get("/metrics").text
     assert isinstance(service.log, DecisionLog)
+
+
+def test_serve_refuses_a_guessable_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from adrl.cli import app
+
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    monkeypatch.setenv("ADRL_TEST_API_KEY", "x")
+    result = CliRunner().invoke(
+        app, ["serve", "--policy", str(tmp_path / "greedy"), "--api-key-env", "ADRL_TEST_API_KEY"]
+    )
+    assert result.exit_code == 2
+    assert "at least 16" in result.output

@@ -11,7 +11,7 @@ import typer
 
 from adrl.commands import cli_errors, console
 from adrl.errors import ConfigError
-from adrl.serving.app import uvicorn_options
+from adrl.serving.app import MIN_API_KEY_CHARS, uvicorn_options
 from adrl.serving.service import PolicyService, ServeConfig
 
 
@@ -67,6 +67,11 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError(
                         f"--api-key-env {api_key_env}: the variable is not set or empty; export the "
                         "API key there or drop the option to serve without auth"
+                    )
+                if len(api_key.strip()) < MIN_API_KEY_CHARS:
+                    raise ConfigError(
+                        f"--api-key-env {api_key_env}: the API key has {len(api_key.strip())} characters, expected at "
+                        f"least {MIN_API_KEY_CHARS} (e.g. export {api_key_env}=$(openssl rand -hex 32))"
                     )
             cfg = ServeConfig(
                 policy=policy,

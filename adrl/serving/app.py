@@ -58,6 +58,9 @@ _UNAUTHORIZED = dumps(
 ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
 
 
+MIN_API_KEY_CHARS = 16  # `adrl serve` refuses shorter keys: a guessable key is no authentication
+
+
 class PayloadTooLarge(AdrlError, ValueError):
     """The request body is larger than the server accepts (HTTP 413)."""
 
