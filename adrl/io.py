@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import yaml
 
-from adrl.errors import ArtifactError
+from adrl.errors import ArtifactError, ConfigError
 
 
 @contextmanager
@@ -132,3 +133,49 @@ def load_npy(path: Path | str, *, shape: tuple[int, ...] | None = None) -> np.nd
     if shape is not None and tuple(array.shape) != tuple(shape):
         raise ArtifactError(f"{path} has shape {tuple(array.shape)}, the manifest says {tuple(shape)}")
     return np.asarray(array)
+
+
+def read_yaml_mapping(path: Path | str, *, what: str, max_bytes: int = 1 << 20, max_depth: int = 32) -> dict[str, Any]:
+    """The mapping in a small YAML file a user hands us, or one ``ConfigError`` saying what is wrong with it.
+
+    Refused before anything is built: a missing, oversized (``max_bytes``), binary or empty file, aliases
+    (``*name``, which can expand exponentially: "billion laughs"), and nesting deeper than ``max_depth``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most {max_bytes:,} bytes")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a UTF-8 text file; expected a YAML {what}")
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of {what} fields")
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1 if event.start_mark is not None else 0
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(
+                    f"{path}, line {line}: YAML aliases (*{event.anchor}) are not accepted in a "
+                    f"{what} file; write the value out"
+                )
+            if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                depth += 1
+                if depth > max_depth:
+                    raise ConfigError(f"{path}, line {line}: nested deeper than {max_depth} levels")
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                depth -= 1
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e)[:300]})") from None
+    if data is None:  # only comments: as empty as an empty file
+        raise ConfigError(f"{path}: the file is empty (comments only); expected a mapping of {what} fields")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} fields, got {type(data).__name__}")
+    return data

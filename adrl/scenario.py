@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from adrl.actions import ActionSpace
 from adrl.errors import ConfigError
+from adrl.io import read_yaml_mapping
 
 HOURS_PER_DAY = 24
 MAX_HORIZON = 64  # the world keeps each user's impression epochs in one uint64 bit mask
@@ -384,14 +385,7 @@ def scenario_from_dict(data: Any, *, source: str = "scenario") -> Scenario:
 
 def load_scenario(path: Path | str) -> Scenario:
     """Read a scenario YAML file; a missing file, bad YAML or invalid field raises ``ConfigError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"scenario file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return scenario_from_dict(data, source=str(path))
+    return scenario_from_dict(read_yaml_mapping(path, what="scenario"), source=str(path))
 
 
 def resolve_scenario(scenario: Scenario | Path | str | None) -> Scenario:

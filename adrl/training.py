@@ -36,7 +36,7 @@ from adrl.agents.registry import Score, load_policy_artifact
 from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
 from adrl.errors import ConfigError
 from adrl.evaluation import evaluate_policy
-from adrl.io import atomic_open
+from adrl.io import atomic_open, read_yaml_mapping
 from adrl.scenario import Scenario, resolve_scenario
 
 METRIC_COLUMNS = ("step", "wall_seconds", "steps_per_second", "episodes", "mean_return", "loss", "epsilon", "entropy")
@@ -113,10 +113,7 @@ class RunDir:
         path = self.path / "config.yaml"
         if not path.is_file():
             raise ConfigError(f"{path} is missing; {self.path} is not an adrl run directory")
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
-        return data
+        return read_yaml_mapping(path, what="run config")
 
     def latest_checkpoint(self) -> tuple[Path, int] | None:
         """The newest complete checkpoint and its step, if any."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adrl.agents.registry import AGENTS, build_agent
 from adrl.errors import ConfigError
+from adrl.io import read_yaml_mapping
 from adrl.scenario import format_validation_error
 
 AGENT_NAMES = tuple(AGENTS)
@@ -50,12 +51,7 @@ def load_preset(agent: str, path: Path | None = None) -> TrainPreset:
     path = path or preset_path(agent)
     if not path.is_file():
         raise ConfigError(f"agent preset {path} does not exist; pass --preset FILE")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, what="agent preset")
     try:
         preset = TrainPreset.model_validate(data)
     except ValidationError as e:
