@@ -179,3 +179,24 @@ def read_yaml_mapping(path: Path | str, *, what: str, max_bytes: int = 1 << 20, 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of {what} fields, got {type(data).__name__}")
     return data
+
+
+def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out") -> Path:
+    """Check that ``path`` can receive a new ``kind`` ("file" or "directory") before any work is done.
+
+    An existing output is replaced only with ``force`` (every command says so in the same words); a path of the
+    other kind, or a place that cannot be written, is refused. Returns the path.
+    """
+    path = Path(path)
+    other = "directory" if kind == "file" else "file"
+    if path.exists():
+        if (kind == "file") != path.is_file():
+            raise ConfigError(f"{flag} {path} is a {other}; expected a {kind} path")
+        if (kind == "file" or any(path.iterdir())) and not force:
+            raise ConfigError(f"{flag} {path} already exists; pass --force to replace it, or choose another {flag}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write under {parent}; choose a writable place")
+    return path

@@ -100,7 +100,7 @@ class RunDir:
                     )
         elif exists:
             raise ConfigError(
-                f"run directory {run.path} already holds a run; pass --resume to continue it or choose another --out"
+                f"--out {run.path} already holds a run; pass --resume to continue it, or choose another --out"
             )
         run.path.mkdir(parents=True, exist_ok=True)
         run.checkpoints.mkdir(exist_ok=True)
@@ -320,6 +320,11 @@ def train_run(
     }
     run = RunDir.create(out, config, resume=resume)
     latest = run.latest_checkpoint() if resume else None
+    if resume and latest is None:  # starting over would silently rewrite the run's metrics
+        run.close()
+        raise ConfigError(
+            f"--resume: {out} has no checkpoint to continue from; train without --resume into a new --out"
+        )
     if latest is not None:
         agent = load_policy_artifact(latest[0])
         _check_same_market(agent, spec.scenario)

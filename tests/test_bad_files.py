@@ -60,3 +60,48 @@ def test_the_cli_reports_an_alias_bomb_without_a_traceback(tmp_path: Path) -> No
     )
     assert result.exit_code == 2, result.output
     assert "aliases" in result.output and "Traceback" not in result.output
+
+
+def _out_cases(tmp_path: Path) -> list[tuple[list[str], Path]]:
+    logs = tmp_path / "logs.parquet"
+    assert CliRunner().invoke(app, ["simulate", "--users", "60", "--out", str(logs), "--seed", "1"]).exit_code == 0
+    return [
+        (["simulate", "--users", "20", "--out"], logs),
+        (["fit", "--logs", str(logs), "--epochs", "1", "--no-baselines", "--out"], tmp_path / "model"),
+    ]
+
+
+def test_no_command_overwrites_an_output_without_force(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, out in _out_cases(tmp_path):
+        if not out.exists():
+            assert runner.invoke(app, [*args, str(out)]).exit_code == 0
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir()))
+        result = runner.invoke(app, [*args, str(out)])
+        assert result.exit_code == 2, result.output
+        assert "already exists; pass --force to replace it" in result.output and "Traceback" not in result.output
+        after = sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir()))
+        assert after == before  # nothing written
+        assert runner.invoke(app, [*args, str(out), "--force"]).exit_code == 0
+
+
+def test_an_output_of_the_wrong_kind_or_an_unwritable_place_is_refused(tmp_path: Path) -> None:
+    runner = CliRunner()
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    result = runner.invoke(app, ["simulate", "--users", "5", "--out", str(tmp_path / "adir")])
+    assert result.exit_code == 2 and "is a directory; expected a file path" in result.output
+    result = runner.invoke(app, ["fit", "--logs", str(tmp_path), "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "is a file; expected a directory path" in result.output
+    result = runner.invoke(app, ["simulate", "--users", "5", "--out", str(tmp_path / "afile" / "x.parquet")])
+    assert result.exit_code == 2 and "cannot write under" in result.output
+
+
+def test_resume_without_a_checkpoint_is_refused_and_keeps_the_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--agent", "greedy", "--out", str(out)]).exit_code == 0
+    metrics = (out / "metrics.csv").read_text()
+    result = runner.invoke(app, ["train", "--agent", "greedy", "--out", str(out), "--resume"])
+    assert result.exit_code == 2 and "no checkpoint to continue from" in result.output
+    assert (out / "metrics.csv").read_text() == metrics

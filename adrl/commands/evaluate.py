@@ -14,7 +14,7 @@ from adrl.commands import cli_errors, console
 from adrl.errors import ConfigError
 from adrl.evaluation import Evaluation, evaluate_policies
 from adrl.features import FeatureLayout
-from adrl.io import atomic_open, write_json_atomic
+from adrl.io import atomic_open, check_output, write_json_atomic
 from adrl.training import resolve_env
 
 BY_CHOICES = ("segment",)
@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(min=0, help="seed of the users and outcomes (same for every policy)")] = 0,
         by: Annotated[str | None, typer.Option(help="also break every metric down by: segment")] = None,
         out: Annotated[Path | None, typer.Option(help="directory for evaluation.json/.csv and a plot")] = None,
+        force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
         """Evaluate policies on the same simulated users: return with 95% CI, CTR, churn, revenue.
 
@@ -148,6 +149,8 @@ def register(app: typer.Typer) -> None:
         with cli_errors():
             if by is not None and by not in BY_CHOICES:
                 raise ConfigError(f"--by must be one of {list(BY_CHOICES)}, got {by!r}")
+            if out is not None:
+                check_output(out, kind="directory", force=force)
             spec = resolve_env(env, scenario, behavior)
             policies = load_policies(policy, FeatureLayout.from_scenario(spec.scenario))
             evals = evaluate_policies(

@@ -14,6 +14,7 @@ from rich.table import Table
 from adrl.behavior.training import FitConfig, FitReport, fit_adrl, fit_obd
 from adrl.commands import cli_errors, console, err_console
 from adrl.errors import ConfigError
+from adrl.io import check_output
 from adrl.scenario import resolve_scenario
 
 SOURCE_LABELS = {
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
         baseline_rows: Annotated[int, typer.Option(min=1, help="training rows sampled for the baselines")] = 200_000,
         forest_rows: Annotated[int, typer.Option(min=1, help="of those, rows for the random forest")] = 100_000,
         json_out: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+        force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
         """Fit the behavior model (click, conversion, leave) on logged impressions and save it.
 
@@ -158,6 +160,7 @@ def register(app: typer.Typer) -> None:
                 baseline_rows=baseline_rows,
                 forest_rows=forest_rows,
             )
+            check_output(out, kind="directory", force=force)
             progress_console = err_console if json_out else console
             if is_obd:
                 report = fit_obd(

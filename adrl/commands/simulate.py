@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from adrl.commands import cli_errors, console
+from adrl.io import check_output
 from adrl.scenario import resolve_scenario
 from adrl.simulate import SimulationSummary, parse_epsilon, simulate
 
@@ -62,6 +63,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same file)")] = 0,
         chunk_users: Annotated[int, typer.Option(min=1, help="users simulated per chunk (bounds memory)")] = 65_536,
         json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+        force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
         """Simulate user-days under a logging policy and write every decision to parquet.
 
@@ -71,6 +73,7 @@ def register(app: typer.Typer) -> None:
         with cli_errors():
             rates = parse_epsilon(epsilon)
             sc = resolve_scenario(scenario)
+            check_output(out, kind="file", force=force)
             summary = simulate(
                 sc,
                 n_users=users,
