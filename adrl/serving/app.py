@@ -439,6 +439,13 @@ def create_app(
                     if path.startswith("/v1/"):
                         for op in ops.values():
                             op["security"] = [{"bearer": []}, {"apiKey": []}]
+                            op.setdefault("responses", {}).setdefault(
+                                "401",
+                                {
+                                    "description": "missing or invalid API key",
+                                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                                },
+                            )
             app.openapi_schema = schema
         return app.openapi_schema
 
