@@ -372,9 +372,12 @@ def _short(value: Any) -> str:
 
 
 def scenario_from_dict(data: Any, *, source: str = "scenario") -> Scenario:
-    """Validate a mapping (e.g. parsed YAML); raises ``ConfigError`` naming each bad field."""
+    """Validate a mapping (e.g. parsed YAML); raises ``ConfigError`` naming each bad field.
+
+    ``{}`` is the default market; ``None`` is refused, so a missing scenario never silently becomes the default.
+    """
     if data is None:
-        data = {}
+        raise ConfigError(f"{source}: no scenario (null); expected a mapping of scenario fields ({{}} for the default)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of scenario fields, got {type(data).__name__}")
     try:

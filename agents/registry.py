@@ -121,7 +121,10 @@ def read_policy_manifest(
     for key in ("kind", "version", "nvec", "obs_dim", "layout_hash", "scenario"):
         if key not in manifest:
             raise ArtifactError(f"{path / MANIFEST}: missing field {key!r}; not an adrl policy artifact")
-    scenario = scenario_from_dict(manifest["scenario"], source=f"{path / MANIFEST}: scenario")
+    try:
+        scenario = scenario_from_dict(manifest["scenario"], source=f"{path / MANIFEST}: scenario")
+    except ConfigError as e:
+        raise ArtifactError(str(e)) from None
     layout = FeatureLayout.from_scenario(scenario)
     if layout.hash != manifest["layout_hash"]:
         raise FeatureMismatch(
