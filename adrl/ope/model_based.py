@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from adrl.agents.base import flat_index, sample_from, unflatten
+from adrl.agents.base import sample_from, unflatten
 from adrl.errors import ConfigError, DataError
 from adrl.features import FeatureLayout
 from adrl.ope.data import LoggedData, TargetProbs
@@ -132,6 +132,7 @@ def rollout_returns(
     first_action: np.ndarray | None = None,
     gamma: float = 1.0,
     chunk: int = 65_536,
+    on_step: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Return of one rollout of the target policy from each of ``starts`` in ``response``, shape (n,).
 
@@ -144,6 +145,7 @@ def rollout_returns(
         first_action: (n, 3) actions forced at the first decision (Q-values), or None (the policy's).
         gamma: discount per decision.
         chunk: users rolled out at once.
+        on_step: called with (decision index, observations of the users still in their day) before each decision.
     """
     layout = FeatureLayout.from_scenario(sim.scenario)
     nvec = sim.scenario.action_nvec
@@ -158,6 +160,8 @@ def rollout_returns(
         step = 0
         while active.size:
             obs = layout.encode(batch)
+            if on_step is not None:
+                on_step(step, obs)
             if step == 0 and first_action is not None:
                 action = np.asarray(first_action[lo:hi], dtype=np.int64)
             else:
@@ -266,18 +270,11 @@ def logged_return(data: LoggedData, *, alpha: float = 0.05, gamma: float = 1.0) 
     return Estimate(value, value - z * se, value + z * se, n, interval="normal")
 
 
-def as_actions(data: LoggedData, nvec: tuple[int, int, int]) -> np.ndarray:
-    """The logged flat actions as (n, 3) (delay, slot, creative)."""
-    return unflatten(data.action, nvec)
-
-
-ProbsFn = Callable[[np.ndarray], np.ndarray]
 __all__ = [
     "ModelBased",
     "Simulators",
     "expected_reward",
     "first_rows",
-    "flat_index",
     "logged_return",
     "members_interval",
     "rollout_returns",
