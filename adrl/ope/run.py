@@ -21,13 +21,23 @@ from adrl.ope.bandit import BANDIT_ESTIMATORS, BanditEstimator, estimate_all
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate
 from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, fold_ids, q_terms
+from adrl.ope.model_based import Simulators
+from adrl.ope.returns import RETURN_ESTIMATORS, evaluate_returns
 from adrl.ope.sequential import FQE, PDIS, SEQUENTIAL_ESTIMATORS, WDR, WIS, FQEFit
 
-ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS)
+ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS, *RETURN_ESTIMATORS)
 DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "pdis", "wis", "wdr", "fqe")
+# the estimand of `adrl ope`: the return per user-day (model-based ones need a behavior model), or the one-step value
+ESTIMAND_DEFAULTS = {
+    "return": ("magic", "model", "model-wdr", "mis", "mdr", "pdis", "wis", "wdr", "fqe"),
+    "step": ("dm", "ips", "snips", "dr", "sndr", "switch-dr"),
+}
 # below this effective sample size an importance-weighted estimate is flagged as unreliable
 MIN_ESS = 100.0
-SCOPE = {**{k: "per-decision" for k in BANDIT_ESTIMATORS}, **{k: "episode" for k in SEQUENTIAL_ESTIMATORS}}
+SCOPE = {
+    **{k: "per-decision" for k in BANDIT_ESTIMATORS},
+    **{k: "episode" for k in (*SEQUENTIAL_ESTIMATORS, *RETURN_ESTIMATORS)},
+}
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,7 @@ def evaluate(
     alpha: float = 0.05,
     n_boot: int = 1000,
     gamma: float = 1.0,
+    sim: Simulators | None = None,
 ) -> OPEResult:
     """Estimate the value of the policy with probabilities ``probs`` from ``data`` with each of ``estimators``.
 
@@ -154,6 +165,7 @@ def evaluate(
         alpha: one minus the confidence level.
         n_boot: bootstrap resamples (0: normal-approximation intervals).
         gamma: discount of the whole-episode estimators.
+        sim: the learned simulator (behavior-model members) for the model-based return estimators.
     """
     start = time.perf_counter()
     names = parse_estimators(list(estimators))
@@ -200,6 +212,12 @@ def evaluate(
             estimates[k] = FQE(default_reward_model(data), gamma=gamma).estimate(
                 data.episode_id, data.step, data.obs, data.action, data.reward, probs_matrix, fitted=fqe_fit, **kw
             )
+    if any(k in RETURN_ESTIMATORS for k in names):
+        if sim is None:
+            wanted = [k for k in names if k in RETURN_ESTIMATORS]
+            raise ConfigError(f"estimators {wanted} roll the policy out in a behavior model; pass one (--behavior)")
+        estimates.update(evaluate_returns(data, probs, target_prob, names, sim, rng=seq_rng, alpha=alpha,
+                                          n_boot=min(n_boot, 200) if n_boot else 200, gamma=gamma))  # fmt: skip
     ordered = {k: estimates[k] for k in names}
     return OPEResult(ordered, data.n, data.n_episodes, model_name, time.perf_counter() - start)
 
