@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 from enum import StrEnum
-from statistics import NormalDist
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Any
 
 import numpy as np
@@ -92,12 +92,13 @@ def run_adrl(
         sim = Simulators(World(scenario), members)
     q = behavior_q(dirs[0], scenario) if dirs else None
     results: dict[str, dict[str, Any]] = {}
+    raw: dict[str, OPEResult] = {}
     for k, (p, target) in enumerate(targets.items()):
         result = evaluate(
             data, target.action_probabilities, estimators, rng=np.random.default_rng([seed, k]), q=q,
             n_folds=n_folds, alpha=alpha, n_boot=n_boot, sim=sim,
         )  # fmt: skip
-        results[p] = result.as_dict()
+        raw[p], results[p] = result, result.as_dict()
         if q is not None:
             results[p]["reward_model"] = f"behavior model {dirs[0]}"
         if log is not None:
@@ -105,23 +106,22 @@ def run_adrl(
     if estimand == "return":
         logged = logged_return(data, alpha=alpha)
     else:
-        r = data.reward
-        se = float(r.std(ddof=1)) / math.sqrt(r.size) if r.size > 1 else math.inf
+        reward = data.reward
+        se = float(reward.std(ddof=1)) / math.sqrt(reward.size) if reward.size > 1 else math.inf
         z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-        logged = Estimate(float(r.mean()), float(r.mean()) - z * se, float(r.mean()) + z * se, r.size,
-                          interval="normal")  # fmt: skip
+        mean = float(reward.mean())
+        logged = Estimate(mean, mean - z * se, mean + z * se, reward.size, interval="normal")
     by = select_by or estimators[0]
     if by not in estimators:
         raise ConfigError(f"--select-by {by!r} is not among the estimators run ({', '.join(estimators)})")
-    chosen = {p: Estimate(**{k: (math.nan if v is None else v) for k, v in r["estimates"][by].items()
-                             if k != "scope"}) for p, r in results.items()}  # fmt: skip
+    chosen = {p: r.estimates[by] for p, r in raw.items()}
     selection = select(chosen, logged.value, estimator=by)
     head: dict[str, Any] = {
         "logs": str(logs), "format": "adrl", "estimand": estimand, "alpha": alpha,
         "behavior": [str(d) for d in dirs], "logged_value": logged.as_dict(), "notes": notes,
     }  # fmt: skip
     if len(results) == 1:
-        (p, r), = results.items()
+        ((p, r),) = results.items()
         return {**head, "policy": p, **r, "selection": selection.as_dict()}
     return {**head, "policies": results, "selection": selection.as_dict()}
 

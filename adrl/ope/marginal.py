@@ -20,7 +20,6 @@ multiplier bootstrap over episodes with the ratios held fixed (so they leave out
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -153,8 +152,7 @@ class MarginalDR:
         per_episode[ep.episode[ep.position == 0]] += qv.v_target[ep.position == 0]
         value, lower, upper = _interval(per_episode, rng=rng, alpha=alpha, n_boot=n_boot)
         ess, max_w = weight_diagnostics(mu)
-        return Estimate(value, lower, upper, ep.n_episodes, ess, max_w if not math.isnan(max_w) else max_w,
-                        "poisson-bootstrap")  # fmt: skip
+        return Estimate(value, lower, upper, ep.n_episodes, ess, max_w, "poisson-bootstrap")
 
 
 __all__ = ["MarginalDR", "MarginalIS", "state_ratios"]

@@ -86,17 +86,17 @@ def states_from_obs(obs: np.ndarray, layout: FeatureLayout, world: World) -> Use
     last = np.where(seen_any, epoch - np.rint(since).astype(np.int64), NEVER)
     mask = np.zeros(n, dtype=np.uint64)
     counts = {w: np.rint(x[:, col(f"impressions_{w}h")]).astype(np.int64) for w in (1, 6, 24)}
-    for i in np.flatnonzero(seen_any):  # only rows of a day under way; a first decision has none
-        bits, e, inner = {int(last[i])}, int(epoch[i]), 0
+    for row in np.flatnonzero(seen_any):  # only rows of a day under way; a first decision has none
+        bits, e, inner = {int(last[row])}, int(epoch[row]), 0
         for w in (1, 6, 24):  # fill each window's ring (outside the narrower one) with its latest free epochs
-            top = min(int(last[i]), e - inner - 1)
+            top = min(int(last[row]), e - inner - 1)
             candidates = [t for t in range(top, max(e - w, 0) - 1, -1) if t not in bits]
-            missing = int(counts[w][i]) - sum(1 for t in bits if e - w <= t < e)
+            missing = int(counts[w][row]) - sum(1 for t in bits if e - w <= t < e)
             bits.update(candidates[: max(missing, 0)])
             inner = w
         for t in bits:
             if 0 <= t < 64:
-                mask[i] |= np.uint64(1) << np.uint64(t)
+                mask[row] |= np.uint64(1) << np.uint64(t)
     slot_cols = [col(f"slot_count_{s}") for s in layout.slots]
     creative_cols = [col(f"creative_count_{c}") for c in layout.creatives]
     growth = world.decay_per_hour ** -epoch.astype(np.float64)  # exposure = acc · decay^epoch
@@ -227,9 +227,7 @@ class ModelBased:
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
 
-    def returns(
-        self, data: LoggedData, probs: TargetProbs, sim: Simulators, *, rng: np.random.Generator
-    ) -> np.ndarray:
+    def returns(self, data: LoggedData, probs: TargetProbs, sim: Simulators, *, rng: np.random.Generator) -> np.ndarray:
         """R[m, i]: mean return of start i in member m, shape (M, N)."""
         rows = first_rows(data)
         if self.max_starts is not None and rows.size > self.max_starts:

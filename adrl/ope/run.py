@@ -20,9 +20,9 @@ from adrl.errors import ConfigError
 from adrl.ope.bandit import BANDIT_ESTIMATORS, BanditEstimator, estimate_all
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate
-from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, fold_ids, q_terms
 from adrl.ope.model_based import Simulators
 from adrl.ope.returns import RETURN_ESTIMATORS, evaluate_returns
+from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, fold_ids, q_terms
 from adrl.ope.sequential import FQE, PDIS, SEQUENTIAL_ESTIMATORS, WDR, WIS, FQEFit
 
 ALL_ESTIMATORS = (*BANDIT_ESTIMATORS, *SEQUENTIAL_ESTIMATORS, *RETURN_ESTIMATORS)
