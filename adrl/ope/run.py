@@ -151,6 +151,8 @@ def evaluate(
     n_boot: int = 1000,
     gamma: float = 1.0,
     sim: Simulators | None = None,
+    max_starts: int | None = None,
+    max_episodes: int | None = None,
 ) -> OPEResult:
     """Estimate the value of the policy with probabilities ``probs`` from ``data`` with each of ``estimators``.
 
@@ -166,6 +168,8 @@ def evaluate(
         n_boot: bootstrap resamples (0: normal-approximation intervals).
         gamma: discount of the whole-episode estimators.
         sim: the learned simulator (behavior-model members) for the model-based return estimators.
+        max_starts: logged starts the model-based estimate rolls out from (None: all).
+        max_episodes: episodes model-WDR / MAGIC / MIS / MDR use (None: all).
     """
     start = time.perf_counter()
     names = parse_estimators(list(estimators))
@@ -217,7 +221,8 @@ def evaluate(
             wanted = [k for k in names if k in RETURN_ESTIMATORS]
             raise ConfigError(f"estimators {wanted} roll the policy out in a behavior model; pass one (--behavior)")
         estimates.update(evaluate_returns(data, probs, target_prob, names, sim, rng=seq_rng, alpha=alpha,
-                                          n_boot=min(n_boot, 200) if n_boot else 200, gamma=gamma))  # fmt: skip
+                                          n_boot=min(n_boot, 200) if n_boot else 200, gamma=gamma,
+                                          max_starts=max_starts, max_episodes=max_episodes))  # fmt: skip
     ordered = {k: estimates[k] for k in names}
     return OPEResult(ordered, data.n, data.n_episodes, model_name, time.perf_counter() - start)
 
