@@ -134,6 +134,16 @@ def calibration_curve(model: Any, scenario: Scenario, *, n_users: int, seed: int
     return out
 
 
+def deterministic_probs(policy: Any, nvec: tuple[int, int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs -> (n, n_actions)`` one-hot of ``policy.predict(obs, deterministic=True)``."""
+    from adrl.agents.base import flat_index, one_hot
+
+    def probs(obs: np.ndarray) -> np.ndarray:
+        return one_hot(flat_index(policy.predict(obs, deterministic=True), nvec), int(np.prod(nvec)))
+
+    return probs
+
+
 def run_quickstart(
     out: Path | str,
     *,
@@ -220,7 +230,9 @@ def run_quickstart(
     for name, policy in policies.items():
         estimated = ope_evaluate(data, policy.action_probabilities, OPE_ESTIMATORS, rng=np.random.default_rng(seed),
                                  n_boot=budget.n_boot)  # fmt: skip
-        est = returns_by.estimate(data, policy.action_probabilities, learned, rng=np.random.default_rng([seed, 5]))
+        # the policy stage 4 evaluated: its deterministic choice (what `adrl evaluate` measures by default)
+        est = returns_by.estimate(data, deterministic_probs(policy, sc.action_nvec), learned,
+                                  rng=np.random.default_rng([seed, 5]))  # fmt: skip
         estimated_return[name] = est
         ope[name] = {
             "true_per_decision": truth[name],

@@ -40,7 +40,7 @@ from scipy.stats import spearmanr
 
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolicy, RandomPolicy, WorldValueModel
 from adrl.agents.registry import load_policy_artifact
-from adrl.evaluation import evaluate_policies
+from adrl.evaluation import evaluate_policy
 from adrl.features import FeatureLayout
 from adrl.ope.data import read_adrl_logs
 from adrl.ope.members import fit_bootstrap_members, load_members
@@ -84,9 +84,10 @@ def build_zoo(sc: Scenario, workdir: Path, *, seed: int, q_steps: int, reinforce
     fixed: dict[str, Any] = {
         "random": RandomPolicy(sc),
         "greedy": GreedyPolicy(sc, value),
-        **{f"pacing-{g}h": PacingPolicy(sc, g, value) for g in (2, 3, 4, 6)},
+        **{f"pacing-{g}h": PacingPolicy(sc, g, value) for g in (2, 3, 4)},  # delays (0, 1, 2, 4): gap 6 acts as 4
         "eps0.3-greedy": EpsilonGreedyPolicy(GreedyPolicy(sc, value), 0.3),
         "eps0.5-pacing-3h": EpsilonGreedyPolicy(PacingPolicy(sc, 3, value), 0.5),
+        "eps0.2-pacing-4h": EpsilonGreedyPolicy(PacingPolicy(sc, 4, value), 0.2),
     }
     for name, policy in fixed.items():
         p = zoo / name
@@ -99,9 +100,9 @@ def build_zoo(sc: Scenario, workdir: Path, *, seed: int, q_steps: int, reinforce
             if run.exists():
                 shutil.rmtree(run)
             train_run(agent_name=agent, env_id="adrl/AdPlacement-v0", out=run, steps=steps, seed=seed,
-                      checkpoint_every=max(steps // 2, 1), progress=False)  # fmt: skip
-        checkpoints = sorted((run / "checkpoints").glob("step-*"))
-        early = checkpoints[0] if len(checkpoints) > 1 else run / "policy"
+                      checkpoint_every=max(steps // 3, 1), progress=False)  # fmt: skip
+        checkpoints = sorted((run / "checkpoints").glob("step-*"))  # the last two kept: about 1/3 and 2/3 of training
+        early = checkpoints[0]
         paths[f"{agent}-early"] = early
         paths[f"{agent}-final"] = run / "policy"
     return paths
@@ -153,11 +154,14 @@ def main() -> None:
     zoo = {n: load_policy_artifact(p, expect_layout=layout) for n, p in zoo_paths.items()}
     zoo_seconds = time.perf_counter() - t0
     truth_file = args.workdir / f"truth-{args.eval_episodes}.json"
-    if truth_file.is_file():
-        truth = json.loads(truth_file.read_text())
-    else:
-        evals = evaluate_policies(zoo, sc, n_episodes=args.eval_episodes, seed=args.seed + 1)
-        truth = {e.name: e.overall.mean_return for e in evals}
+    truth = json.loads(truth_file.read_text()) if truth_file.is_file() else {}
+    if set(truth) != set(zoo):
+        # the policy OPE evaluates is action_probabilities: sample from it (ε-mixtures and REINFORCE are stochastic)
+        truth = {
+            n: evaluate_policy(p, sc, n_episodes=args.eval_episodes, seed=args.seed + 1, deterministic=False,
+                               name=n).overall.mean_return
+            for n, p in zoo.items()
+        }  # fmt: skip
         truth_file.write_text(json.dumps(truth))
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
     results: dict[str, Any] = {}
@@ -166,6 +170,7 @@ def main() -> None:
         logger: Any = "epsilon-greedy" if logger_name == "quickstart" else SoftmaxPacingLogger(sc)
         for n_users in (int(u) for u in args.users.split(",")):
             rows: dict[str, list[dict[str, float]]] = {k: [] for k in (*estimators, "per-decision-dr")}
+            values: dict[str, dict[str, list[float]]] = {k: {n: [] for n in zoo} for k in rows}
             secs: dict[str, list[float]] = {k: [] for k in rows}
             logged_values, fit_secs = [], []
             for d, ss in enumerate(seeds):
@@ -195,6 +200,8 @@ def main() -> None:
                     per_est["per-decision-dr"][name] = res.estimates["dr"].as_dict()
                 for k in rows:
                     rows[k].append(summarise(per_est[k], truth))
+                    for n in zoo:
+                        values[k][n].append(per_est[k][n]["value"])
                 progress = {k: round(rows[k][-1]["spearman"], 3) for k in rows}
                 print(json.dumps({"draw": f"{logger_name} {n_users} {d + 1}/{args.draws}", "spearman": progress}),
                       file=sys.stderr, flush=True)  # fmt: skip
@@ -208,6 +215,7 @@ def main() -> None:
                     k: {
                         **{m: float(np.nanmean([r[m] for r in rows[k]])) for m in rows[k][0]},
                         "seconds_per_policy": float(np.mean(secs[k])),
+                        "mean_estimate": {n: round(float(np.mean(v)), 4) for n, v in values[k].items()},
                     }
                     for k in rows
                 },

@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,9 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def return_estimators(n_users: int, policy_name: str, members: int, epochs: int, max_episodes: int | None) -> dict:
+def return_estimators(
+    n_users: int, policy_name: str, members: int, epochs: int, max_episodes: int | None
+) -> dict[str, Any]:
     """Seconds and traced peak memory of the return estimators of one policy on ``n_users`` logged user-days."""
     import tempfile
     import tracemalloc
@@ -57,10 +60,10 @@ def return_estimators(n_users: int, policy_name: str, members: int, epochs: int,
     sc = Scenario()
     layout = FeatureLayout.from_scenario(sc)
     value = WorldValueModel(sc)
-    policy = {"pacing": PacingPolicy(sc, 3, value), "greedy": GreedyPolicy(sc, value), "random": RandomPolicy(sc)}[
+    policy: Any = {"pacing": PacingPolicy(sc, 3, value), "greedy": GreedyPolicy(sc, value), "random": RandomPolicy(sc)}[
         policy_name
     ]
-    out: dict = {"users": n_users, "policy": policy_name, "members": members, "fit_epochs": epochs}
+    out: dict[str, Any] = {"users": n_users, "policy": policy_name, "members": members, "fit_epochs": epochs}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp) / "logs.parquet"
         t = time.perf_counter()
@@ -128,7 +131,7 @@ def main() -> None:
 
     t_from = min(float(from_policy_output()[0]) for _ in range(args.repeat))  # type: ignore[index]
     boot_values = rng.random(100_000)
-    result = {
+    result: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "dr_1m_per_row_s": round(best_of(per_row, args.repeat), 4),
         "dr_1m_from_policy_output_s": round(t_from, 4),
