@@ -160,7 +160,7 @@ def run_quickstart(
     from adrl.commands.train import train_run
     from adrl.ope.data import read_adrl_logs
     from adrl.ope.estimate import Estimate
-    from adrl.ope.members import fit_bootstrap_members, load_members
+    from adrl.ope.members import calibrate_members, fit_bootstrap_members, load_members
     from adrl.ope.model_based import ModelBased, Simulators, logged_return
     from adrl.ope.run import evaluate as ope_evaluate
     from adrl.ope.selection import select
@@ -221,7 +221,7 @@ def run_quickstart(
     log(f"      fitting {budget.ope_members} behavior models on bootstrap resamples of the logged user-days")
     member_paths = fit_bootstrap_members(logs, sc, out / "ope_members", n_members=budget.ope_members, seed=seed + 3,
                                          epochs=budget.fit_epochs, progress=False)  # fmt: skip
-    learned = Simulators(World(sc), load_members(member_paths, sc))
+    learned = Simulators(World(sc), calibrate_members(load_members(member_paths, sc), logs, layout))
     returns_by = ModelBased(max_starts=budget.ope_starts)
     estimated_return: dict[str, Estimate] = {}
     truth = per_decision_truth(sc, policies, n_users=budget.n_users, seed=seed)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adrl.errors import ArtifactError
-from adrl.logs import log_files
+from adrl.errors import ArtifactError, DataError
+from adrl.features import FeatureLayout
+from adrl.logs import feature_columns, iter_batches, log_files
 from adrl.scenario import Scenario
-from adrl.world import ResponseModel
+from adrl.world import Response, ResponseModel, UserBatch
 
 MODEL_FILE = "model.json"
 
@@ -99,4 +102,77 @@ def fit_bootstrap_members(
     return paths
 
 
-__all__ = ["bootstrap_log", "fit_bootstrap_members", "load_members", "member_dirs"]
+class CalibratedResponse:
+    """A response model whose three heads are shifted on the logit scale by ``offsets`` (click, conversion given a
+    click, leave): calibration in the large, so the mean predicted rates match the logged ones."""
+
+    def __init__(self, base: Any, offsets: np.ndarray) -> None:
+        self.base, self.offsets = base, np.asarray(offsets, dtype=np.float64)
+
+    def _shift(self, r: Response) -> Response:
+        out = []
+        for p, b in zip((r.p_click, r.p_conversion, r.p_leave), self.offsets, strict=True):
+            q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+            out.append(1.0 / (1.0 + np.exp(-(np.log(q / (1.0 - q)) + b))))
+        return Response(p_click=out[0], p_conversion=out[1], p_leave=out[2])
+
+    def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response:
+        return self._shift(self.base.probabilities(batch, action))
+
+    def probabilities_from_obs(self, obs: np.ndarray, action: np.ndarray) -> Response:
+        return self._shift(self.base.probabilities_from_obs(obs, action))
+
+
+def _offset(p: np.ndarray, target: float) -> float:
+    """b with mean σ(logit(p) + b) = target (bisection; the mean is increasing in b)."""
+    z = np.log(np.clip(p, 1e-12, 1 - 1e-12) / np.clip(1 - p, 1e-12, 1))
+    lo, hi = -10.0, 10.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(np.mean(1.0 / (1.0 + np.exp(-(z + mid))))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def calibrate_members(
+    members: Sequence[Any], logs: Path | str, layout: FeatureLayout, *, max_rows: int = 500_000, seed: int = 0
+) -> tuple[CalibratedResponse, ...]:
+    """Each member with per-head logit offsets that make its mean click, conversion-given-click and leave rates on
+    (up to ``max_rows``, a uniform sample of) the logged impressions equal the logged rates.
+
+    Raises:
+        DataError: the log has no impressions, or lacks the outcome columns.
+    """
+    cols = ["shown", "click", "conversion", "leave", "delay", "slot", "creative", *feature_columns(layout)]
+    parts = [df[df["shown"]] for df in iter_batches(logs, columns=cols)]
+    shown = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    if len(shown) == 0:
+        raise DataError(f"{logs}: no impressions to calibrate the behavior models on")
+    if len(shown) > max_rows:
+        shown = shown.sample(n=max_rows, random_state=seed)
+    obs = shown[feature_columns(layout)].to_numpy(dtype=np.float32)
+    action = shown[["delay", "slot", "creative"]].to_numpy(dtype=np.int64)
+    click = shown["click"].to_numpy(dtype=bool)
+    rates = (click.mean(), shown["conversion"].to_numpy()[click].mean() if click.any() else 0.0, shown["leave"].mean())
+    out = []
+    for m in members:
+        r = m.probabilities_from_obs(obs, action)
+        offsets = [
+            _offset(np.asarray(r.p_click, dtype=np.float64), float(rates[0])),
+            _offset(np.asarray(r.p_conversion, dtype=np.float64)[click], float(rates[1])) if click.any() else 0.0,
+            _offset(np.asarray(r.p_leave, dtype=np.float64), float(rates[2])),
+        ]
+        out.append(CalibratedResponse(m, np.array(offsets)))
+    return tuple(out)
+
+
+__all__ = [
+    "CalibratedResponse",
+    "bootstrap_log",
+    "calibrate_members",
+    "fit_bootstrap_members",
+    "load_members",
+    "member_dirs",
+]
