@@ -224,3 +224,20 @@ def test_cli_refuses_a_policy_of_another_layout(logged, fitted, tmp_path) -> Non
                                  str(tmp_path / "other"), "--estimators", "pdis"])  # fmt: skip
     assert result.exit_code == 2
     assert "layout" in result.output
+
+
+def test_calibrated_members_match_the_logged_rates(logged, fitted) -> None:
+    from adrl.logs import feature_columns
+    from adrl.ope.members import calibrate_members, load_members
+
+    logs, sc = logged
+    members, _, _ = fitted
+    layout = FeatureLayout.from_scenario(sc)
+    df = pd.read_parquet(logs)
+    shown = df[df["shown"]]
+    (member,) = calibrate_members(load_members([members], sc)[:1], logs, layout)
+    r = member.probabilities_from_obs(
+        shown[feature_columns(layout)].to_numpy(np.float32), shown[["delay", "slot", "creative"]].to_numpy()
+    )
+    assert float(np.mean(r.p_click)) == pytest.approx(shown["click"].mean(), rel=1e-6)
+    assert float(np.mean(r.p_leave)) == pytest.approx(shown["leave"].mean(), rel=1e-6)
