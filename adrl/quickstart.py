@@ -4,9 +4,10 @@
 2. fit the behavior model on them (the learned simulator);
 3. train tabular Q-learning and REINFORCE on ``adrl/AdPlacement-Learned-v0``, and build the greedy, pacing and random
    baselines (greedy and pacing rank actions with the learned model);
-4. evaluate every policy on the ground-truth world (the sim-to-real test) and off-policy from the logs, next to the
-   true values;
-5. export the best policy and write ``report.html``.
+4. evaluate every policy on the ground-truth world (the sim-to-real test);
+5. estimate every policy's return per user-day off-policy from the logs (the policy rolled out in an ensemble of
+   behavior models fitted on bootstrap resamples of the logged user-days) and rank them, beside the true values;
+6. export the best policy and write ``report.html``, which sets the offline pick against the true best.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Budget:
     eval_episodes: int
     n_boot: int
     holdout_users: int
+    ope_members: int = 3  # behavior models fitted on bootstrap resamples of user-days: the model-based OPE's ensemble
+    ope_starts: int = 20_000  # logged starts the model-based OPE rolls each policy out from
 
 
 DEFAULT_BUDGET = Budget(
@@ -55,7 +58,7 @@ DEFAULT_BUDGET = Budget(
 )  # fmt: skip
 FAST_BUDGET = Budget(
     n_users=3_000, fit_epochs=2, fit_baselines=False, q_steps=1_000_000, q_envs=1024, reinforce_steps=40_000,
-    reinforce_envs=256, eval_episodes=2_000, n_boot=50, holdout_users=2_000,
+    reinforce_envs=256, eval_episodes=2_000, n_boot=50, holdout_users=2_000, ope_members=2, ope_starts=2_000,
 )  # fmt: skip
 
 
@@ -101,6 +104,17 @@ def calibration_curve(model: Any, scenario: Scenario, *, n_users: int, seed: int
     return out
 
 
+def deterministic_probs(policy: Any, nvec: tuple[int, int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs -> (n, n_actions)`` one-hot of ``policy.predict(obs, deterministic=True)``."""
+    from adrl.actions import flat_index
+    from adrl.agents.base import one_hot
+
+    def probs(obs: np.ndarray) -> np.ndarray:
+        return one_hot(flat_index(policy.predict(obs, deterministic=True), nvec), int(np.prod(nvec)))
+
+    return probs
+
+
 def run_quickstart(
     out: Path | str,
     *,
@@ -115,10 +129,15 @@ def run_quickstart(
     from adrl.agents.registry import load_policy_artifact
     from adrl.behavior import FitConfig, fit_adrl
     from adrl.ope.data import read_adrl_logs
+    from adrl.ope.estimate import Estimate
+    from adrl.ope.members import calibrate_members, fit_bootstrap_members, load_members
+    from adrl.ope.model_based import ModelBased, Simulators, logged_return
     from adrl.ope.run import evaluate as ope_evaluate
+    from adrl.ope.selection import select
     from adrl.simulate import simulate
     from adrl.training import RunDir, train_run
     from adrl.truth import per_decision_truth
+    from adrl.world import World
 
     out = Path(out)
     budget = FAST_BUDGET if fast else DEFAULT_BUDGET
@@ -166,19 +185,37 @@ def run_quickstart(
     evaluations = evaluate_policies(policies, sc, n_episodes=budget.eval_episodes, seed=seed + 2)
     seconds["evaluate"] = time.perf_counter() - t
 
-    t = stage(5, "off-policy evaluation from the logs, beside the true values")
+    t = stage(5, "off-policy evaluation from the logs (return per user-day), beside the true values")
     data = read_adrl_logs(logs, layout)
+    log(f"      fitting {budget.ope_members} behavior models on bootstrap resamples of the logged user-days")
+    member_paths = fit_bootstrap_members(logs, sc, out / "ope_members", n_members=budget.ope_members, seed=seed + 3,
+                                         epochs=budget.fit_epochs, progress=False)  # fmt: skip
+    learned = Simulators(World(sc), calibrate_members(load_members(member_paths, sc), logs, layout))
+    returns_by = ModelBased(max_starts=budget.ope_starts)
+    estimated_return: dict[str, Estimate] = {}
     truth = per_decision_truth(sc, policies, n_users=budget.n_users, seed=seed)
     ope: dict[str, dict[str, Any]] = {}
     by_name = {e.name: e for e in evaluations}
     for name, policy in policies.items():
         estimated = ope_evaluate(data, policy.action_probabilities, OPE_ESTIMATORS, rng=np.random.default_rng(seed),
                                  n_boot=budget.n_boot)  # fmt: skip
+        # the policy stage 4 evaluated: its deterministic choice (what `adrl evaluate` measures by default)
+        est = returns_by.estimate(data, deterministic_probs(policy, sc.action_nvec), learned,
+                                  rng=np.random.default_rng([seed, 5]))  # fmt: skip
+        estimated_return[name] = est
         ope[name] = {
             "true_per_decision": truth[name],
             "true_return": by_name[name].overall.mean_return,
+            "estimated_return": {
+                "value": est.value,
+                "lower": est.lower,
+                "upper": est.upper,
+                "estimator": returns_by.name,
+                "interval": est.interval,
+            },
             "estimates": {k: e.as_dict() for k, e in estimated.estimates.items()},
         }
+    selection = select(estimated_return, logged_return(data).value, estimator=returns_by.name)
     seconds["ope"] = time.perf_counter() - t
 
     t = stage(6, "exporting the best policy and writing the report")
@@ -188,7 +225,8 @@ def run_quickstart(
     result = QuickstartResult(
         out=out, scenario=sc, simulation=sim.as_dict(), behavior_metrics=report.metrics_json(),
         calibration=calibration, curves=curves, evaluations=evaluations, ope=ope, best=best,
-        best_policy=best_policy, report=out / "report.html", seconds=seconds,
+        best_policy=best_policy, report=out / "report.html", seconds=seconds, selected=selection.ranking[0][0],
+        selection=selection.as_dict(),
     )  # fmt: skip
     write_report(result)
     seconds["report"] = time.perf_counter() - t

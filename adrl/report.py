@@ -33,11 +33,15 @@ class QuickstartResult:
     best_policy: Path
     report: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    selected: str = ""  # the policy offline evaluation ranks first (what a user without ground truth would pick)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "out": str(self.out),
             "best": self.best,
+            "selected": self.selected,
+            "selection": self.selection,
             "best_policy": str(self.best_policy),
             "report": str(self.report),
             "policies": {e.name: e.overall.as_dict() for e in self.evaluations},
@@ -52,7 +56,7 @@ SECTIONS = (
     ("behavior", "Behavior model"),
     ("learning", "Learning curves"),
     ("policies", "Policy comparison on the ground truth"),
-    ("ope", "Off-policy estimates beside the true values"),
+    ("ope", "Off-policy estimates of the return per user-day beside the true values, and the offline pick"),
     ("best", "What the best policy does, by hour"),
     ("next", "Next steps"),
 )
@@ -206,6 +210,34 @@ def _policies(r: QuickstartResult) -> str:
     return note + table + _png(fig)
 
 
+def _ope_returns(r: QuickstartResult) -> str:
+    """Estimated returns per user-day beside the true ones, ranked, and the offline pick against the true best."""
+    sel = r.selection
+    if not sel:
+        return ""
+    rows = []
+    for k, entry in enumerate(sel["ranking"], 1):
+        name = entry["policy"]
+        truth = r.ope[name]["true_return"]
+        rel = abs(entry["value"] - truth) / abs(truth) if truth else float("nan")
+        covers = "yes" if entry["lower"] <= truth <= entry["upper"] else "no"
+        ci = f"[{entry['lower']:.4f}, {entry['upper']:.4f}]"
+        rows.append([str(k), html.escape(name), f"{entry['value']:.4f}", ci, f"{truth:.4f}", f"{rel:.1%}", covers])
+    true_best = max(r.ope[n]["true_return"] for n in r.ope)
+    picked = r.ope[r.selected]["true_return"]
+    regret = (true_best - picked) / abs(true_best) if true_best else float("nan")
+    note = (
+        f"<p>Each policy rolled out in {html.escape(sel['estimator'])}: the learned simulator (an ensemble of behavior "
+        "models fitted on bootstrap resamples of the logged user-days) from the logged users' first states; the "
+        "interval holds the sampling of users and the spread between the models. Offline selection picks "
+        f"<b>{html.escape(r.selected)}</b> (true return {picked:.4f}); the true best is <b>{html.escape(r.best)}</b> "
+        f"(true return {true_best:.4f}): regret {regret:.1%}. Ship rule: {html.escape(sel['message'])}.</p>"
+    )
+    return note + _table(
+        ["rank", "policy", "estimated return", "95% CI", "true return", "rel. error", "CI covers"], rows, best_row=0
+    )
+
+
 def _ope(r: QuickstartResult) -> str:
     rows = []
     for name, o in r.ope.items():
@@ -224,9 +256,8 @@ def _ope(r: QuickstartResult) -> str:
         "actions on the users' hidden state. Episode estimators (PDIS, WIS) estimate the return per "
         "user-day; their truth is the ground-truth evaluation above.</p>"
     )
-    return note + _table(
-        ["policy", "estimator", "scope", "estimate", "95% CI", "true value", "rel. error", "CI covers", "ESS"], rows
-    )
+    header = ["policy", "estimator", "scope", "estimate", "95% CI", "true value", "rel. error", "CI covers", "ESS"]
+    return _ope_returns(r) + note + _table(header, rows)
 
 
 def _best(r: QuickstartResult) -> str:

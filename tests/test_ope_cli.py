@@ -59,7 +59,7 @@ def test_ope_reads_a_log_directory_and_is_deterministic(logged, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--estimators", "ips,magic"], "unknown estimator"),
+        (["--estimators", "ips,nope"], "unknown estimator"),
         (["--logs", "/nonexistent/logs.parquet"], "does not exist"),
         (["--policy", "/nonexistent/policy"], "does not exist"),
     ],

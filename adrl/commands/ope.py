@@ -6,6 +6,7 @@ import json
 import math
 from enum import StrEnum
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Any
 
 import numpy as np
@@ -13,9 +14,10 @@ import typer
 from rich.table import Table
 
 from adrl.commands import cli_errors, console
-from adrl.errors import ConfigError
+from adrl.errors import ConfigError, FeatureMismatch
 from adrl.io import atomic_open
-from adrl.ope.run import DEFAULT_ESTIMATORS, SCOPE, OPEResult, evaluate, parse_estimators
+from adrl.ope.estimate import Estimate
+from adrl.ope.run import ALL_ESTIMATORS, ESTIMAND_DEFAULTS, SCOPE, OPEResult, evaluate, parse_estimators
 
 OBD_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr")
 
@@ -25,36 +27,104 @@ class LogFormat(StrEnum):
     obd = "obd"
 
 
+class Estimand(StrEnum):
+    ret = "return"
+    step = "step"
+
+
 def run_adrl(
     logs: Path,
-    policy: str,
-    behavior: Path | None,
+    policies: list[str],
+    behavior: list[Path],
     estimators: list[str],
     *,
+    estimand: str = "return",
     seed: int,
     n_boot: int,
     alpha: float,
     n_folds: int,
+    select_by: str | None = None,
+    fit_epochs: int = 5,
+    log: Any = None,
 ) -> dict[str, Any]:
+    """Evaluate every policy of ``policies`` on the same logs and rank them (see :mod:`adrl.ope.selection`)."""
     from adrl.agents.registry import load_policy_artifact, read_policy_manifest
     from adrl.behavior.response import behavior_q
     from adrl.features import FeatureLayout
     from adrl.ope.data import read_adrl_logs
+    from adrl.ope.members import calibrate_members, load_members, member_dirs
+    from adrl.ope.model_based import Simulators, logged_return
+    from adrl.ope.returns import RETURN_ESTIMATORS
+    from adrl.ope.selection import select
+    from adrl.world import World
 
-    policy_dir = Path(policy)
-    _, scenario = read_policy_manifest(policy_dir)
+    if not policies:
+        raise ConfigError("give at least one --policy")
+    _, scenario = read_policy_manifest(Path(policies[0]))
     layout = FeatureLayout.from_scenario(scenario)
-    target = load_policy_artifact(policy_dir, expect_layout=layout)
+    targets = {}
+    for p in policies:
+        _, sc_p = read_policy_manifest(Path(p))
+        if FeatureLayout.from_scenario(sc_p).hash != layout.hash:
+            raise FeatureMismatch(
+                f"{p} was built for feature layout {FeatureLayout.from_scenario(sc_p).hash}, {policies[0]} for "
+                f"{layout.hash}: candidates compared on one log must share its scenario"
+            )
+        targets[p] = load_policy_artifact(Path(p), expect_layout=layout)
     data = read_adrl_logs(logs, layout)
-    q = behavior_q(behavior, scenario) if behavior is not None else None
-    result = evaluate(
-        data, target.action_probabilities, estimators, rng=np.random.default_rng(seed), q=q, n_folds=n_folds,
-        alpha=alpha, n_boot=n_boot,
-    )  # fmt: skip
-    out = result.as_dict()
-    if behavior is not None:
-        out["reward_model"] = f"behavior model {behavior}"
-    return {"logs": str(logs), "policy": str(policy_dir), "format": "adrl", "alpha": alpha, **out}
+    notes: list[str] = []
+    sim = None
+    dirs = member_dirs(behavior) if behavior else []
+    if any(k in RETURN_ESTIMATORS for k in estimators):
+        if dirs:
+            members = load_members(dirs, scenario)
+        else:
+            from adrl.behavior import FitConfig, LearnedResponse, fit_adrl
+
+            fitted = fit_adrl(logs, scenario, FitConfig(epochs=fit_epochs, baselines=False), progress=False)
+            members = (LearnedResponse(fitted.model, scenario),)
+            notes.append(
+                f"fitted one behavior model on the logs ({fit_epochs} epochs): its interval leaves out the model's "
+                "own uncertainty; pass --behavior (fitted members, e.g. adrl fit on bootstrap resamples) to include it"
+            )
+        if len(members) == 1 and dirs:
+            notes.append("one behavior model: model-based intervals leave out the model's own uncertainty")
+        # calibration in the large on these logs: a model's mean rates off by 10-20% bias every rollout's return
+        sim = Simulators(World(scenario), calibrate_members(members, logs, layout))
+    q = behavior_q(dirs[0], scenario) if dirs else None
+    results: dict[str, dict[str, Any]] = {}
+    raw: dict[str, OPEResult] = {}
+    for k, (p, target) in enumerate(targets.items()):
+        result = evaluate(
+            data, target.action_probabilities, estimators, rng=np.random.default_rng([seed, k]), q=q,
+            n_folds=n_folds, alpha=alpha, n_boot=n_boot, sim=sim,
+        )  # fmt: skip
+        raw[p], results[p] = result, result.as_dict()
+        if q is not None:
+            results[p]["reward_model"] = f"behavior model {dirs[0]}"
+        if log is not None:
+            log(f"evaluated {p} in {result.seconds:.1f} s")
+    if estimand == "return":
+        logged = logged_return(data, alpha=alpha)
+    else:
+        reward = data.reward
+        se = float(reward.std(ddof=1)) / math.sqrt(reward.size) if reward.size > 1 else math.inf
+        z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        mean = float(reward.mean())
+        logged = Estimate(mean, mean - z * se, mean + z * se, reward.size, interval="normal")
+    by = select_by or estimators[0]
+    if by not in estimators:
+        raise ConfigError(f"--select-by {by!r} is not among the estimators run ({', '.join(estimators)})")
+    chosen = {p: r.estimates[by] for p, r in raw.items()}
+    selection = select(chosen, logged.value, estimator=by)
+    head: dict[str, Any] = {
+        "logs": str(logs), "format": "adrl", "estimand": estimand, "alpha": alpha,
+        "behavior": [str(d) for d in dirs], "logged_value": logged.as_dict(), "notes": notes,
+    }  # fmt: skip
+    if len(results) == 1:
+        ((p, r),) = results.items()
+        return {**head, "policy": p, **r, "selection": selection.as_dict()}
+    return {**head, "policies": results, "selection": selection.as_dict()}
 
 
 def run_obd(
@@ -109,6 +179,9 @@ def run_obd(
     return out
 
 
+SCOPE_LABEL = {"per-decision": "one-step value", "episode": "return / user-day"}
+
+
 def results_table(out: dict[str, Any]) -> Table:
     truth = out.get("on_policy_value")
     title = f"off-policy estimates of {out['policy']} ({out['n_rows']:,} decisions, {out['n_episodes']:,} episodes)"
@@ -120,28 +193,70 @@ def results_table(out: dict[str, Any]) -> Table:
     if truth is not None:
         t.add_column("rel. error", justify="right")
 
-    def fmt(v: float | None, spec: str = ".5f") -> str:
-        return "-" if v is None else format(v, spec)
-
     for name, e in out["estimates"].items():
-        row = [name, e["scope"], fmt(e["value"]), f"[{fmt(e['lower'])}, {fmt(e['upper'])}]", fmt(e["ess"], ",.1f"),
-               fmt(e["max_weight"], ",.1f")]  # fmt: skip
+        row = [name, SCOPE_LABEL.get(e["scope"], e["scope"]), _fmt(e["value"]),
+               f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}]", _fmt(e["ess"], ",.1f"),
+               _fmt(e["max_weight"], ",.1f")]  # fmt: skip
         if truth is not None:
-            row.append(fmt(e.get("relative_error"), ".1%"))
+            row.append(_fmt(e.get("relative_error"), ".1%"))
         t.add_row(*row)
     return t
+
+
+def _fmt(v: float | None, spec: str = ".5f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ranking_table(out: dict[str, Any]) -> Table:
+    """The candidates ranked by the selection estimator, against the logging policy's value."""
+    sel = out["selection"]
+    what = "return per user-day" if out.get("estimand", "return") == "return" else "one-step value"
+    t = Table(title=f"ranking by {sel['estimator']} ({what}); logging policy's value {sel['logged_value']:.5f}")
+    for col in ("rank", "policy", "estimate", f"{1 - out['alpha']:.0%} CI", "lower > logged"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for k, r in enumerate(sel["ranking"], 1):
+        ok = r["policy"] in sel["qualifying"]
+        t.add_row(str(k), r["policy"], _fmt(r["value"]), f"[{_fmt(r['lower'])}, {_fmt(r['upper'])}]",
+                  "yes" if ok else "no")  # fmt: skip
+    return t
+
+
+def print_results(result: dict[str, Any]) -> None:
+    rows = result["policies"].items() if "policies" in result else [(result["policy"], result)]
+    for name, r in rows:
+        console.print(results_table({**r, "alpha": result["alpha"], "policy": name}))
+        for line in r.get("warnings", []):
+            console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    for line in result.get("notes", []):
+        console.print(f"note: {line}", highlight=False)
+    if "selection" in result:
+        console.print(ranking_table(result))
+        console.print(result["selection"]["message"], highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("ope")
     def ope_cmd(
         logs: Annotated[Path, typer.Option(help="adrl log (parquet file or directory, e.g. a server log) or OBD dir")],
-        policy: Annotated[str, typer.Option(help="policy artifact directory (OBD: 'bts' or 'random')")],
+        policy: Annotated[
+            list[str], typer.Option(help="policy artifact directory, repeatable: candidates (OBD: 'bts' or 'random')")
+        ],
         behavior: Annotated[
-            Path | None, typer.Option(help="behavior-model artifact for DM/DR (default: fit on the logs)")
+            list[Path] | None,
+            typer.Option(
+                help="behavior-model artifact, repeatable, or a directory of them (ensemble members): drives the "
+                "model-based estimators and DM/DR (default: fit one on the logs)"
+            ),
         ] = None,
+        estimand: Annotated[
+            Estimand, typer.Option(help="return: per user-day (default); step: the one-step (per-decision) value")
+        ] = Estimand.ret,
         estimators: Annotated[
-            str | None, typer.Option(help=f"comma-separated, from {','.join(DEFAULT_ESTIMATORS)}")
+            str | None,
+            typer.Option(help=f"comma-separated, from {','.join(ALL_ESTIMATORS)} (default: the estimand's)"),
+        ] = None,
+        select_by: Annotated[
+            str | None, typer.Option(help="estimator that ranks the candidates (default: the first one run)")
         ] = None,
         out: Annotated[Path | None, typer.Option(help="also write the results as JSON here")] = None,
         log_format: Annotated[LogFormat, typer.Option("--format", help="adrl logs or the Open Bandit Dataset")] = (
@@ -156,31 +271,36 @@ def register(app: typer.Typer) -> None:
         n_sim: Annotated[int, typer.Option(min=1000, help="OBD: Monte-Carlo rounds for BTS's distribution")] = 100_000,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     ) -> None:
-        """Estimate a policy's value from logged decisions with off-policy estimators.
+        """Estimate candidate policies' return per user-day from logged decisions, rank them, say which to ship.
 
-        Example: adrl ope --logs runs/logs.parquet --policy runs/A/policy --estimators dm,ips,snips,dr,wdr,fqe
+        Example: adrl ope --logs runs/logs.parquet --behavior runs/members --policy runs/A/policy --policy runs/B/policy
+
+        One-step value: adrl ope --logs runs/logs.parquet --policy runs/A/policy --estimand step
 
         Open Bandit Dataset: adrl ope --format obd --logs ../shared/data/obd --campaign all --policy bts
         """
         with cli_errors():
             if log_format is LogFormat.obd:
+                if len(policy) != 1:
+                    raise ConfigError(f"with --format obd give one --policy, got {len(policy)}")
                 names = parse_estimators(estimators or ",".join(OBD_ESTIMATORS))
                 result = run_obd(
-                    logs, policy, names, campaign=campaign, logging_policy=logging_policy, seed=seed,
+                    logs, policy[0], names, campaign=campaign, logging_policy=logging_policy, seed=seed,
                     n_boot=n_boot, alpha=alpha, n_folds=folds, n_sim=n_sim,
                 )  # fmt: skip
             else:
-                names = parse_estimators(estimators or ",".join(DEFAULT_ESTIMATORS))
-                result = run_adrl(logs, policy, behavior, names, seed=seed, n_boot=n_boot, alpha=alpha, n_folds=folds)
+                names = parse_estimators(estimators or ",".join(ESTIMAND_DEFAULTS[estimand.value]))
+                result = run_adrl(
+                    logs, policy, behavior or [], names, estimand=estimand.value, seed=seed, n_boot=n_boot,
+                    alpha=alpha, n_folds=folds, select_by=select_by,
+                )  # fmt: skip
             if out is not None:
                 with atomic_open(out, "w") as f:
                     json.dump(result, f, indent=2)
             if json_out:
                 console.print_json(json.dumps(result))
             else:
-                console.print(results_table(result))
-                for line in result.get("warnings", []):
-                    console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+                print_results(result)
 
 
 __all__ = ["SCOPE", "OPEResult", "register"]

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from adrl.ope.data import LoggedData
+from adrl.errors import ConfigError
+from adrl.ope.data import LoggedData, TargetProbs
+from adrl.ope.estimate import Estimate
+from adrl.ope.model_based import Simulators
 from adrl.ope.reward_models import RidgeRewardModel, default_reward_model, fold_ids
 from adrl.ope.sequential import FQE, FQEFit
 
@@ -40,6 +43,11 @@ class EpisodeInputs:
     n_boot: int
     n_folds: int
     reward_model: RidgeRewardModel | None = None
+    probs: TargetProbs | None = None  # the target policy itself, for the estimators that roll it out
+    sim: Simulators | None = None  # the learned simulator's members (model-based family)
+    requested: tuple[str, ...] = ()  # the episode estimators asked for, in order
+    max_starts: int | None = None
+    max_episodes: int | None = None
 
     @property
     def weights_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -55,6 +63,21 @@ class EpisodeInputs:
         if self.probs_matrix is None:
             raise ValueError("this estimator needs the target's full action distribution (needs_probs_matrix)")
         return self.probs_matrix
+
+    @cached_property
+    def model_family(self) -> dict[str, Estimate]:
+        """The model-based family's estimates (model, model-wdr, magic, mis, mdr), computed together so they share
+        the simulator's Q̂ / V̂ and the state ratios."""
+        from adrl.ope.returns import RETURN_ESTIMATORS, evaluate_returns
+
+        wanted = [k for k in self.requested if k in RETURN_ESTIMATORS]
+        if self.sim is None or self.probs is None:
+            raise ConfigError(f"estimators {wanted} roll the policy out in a behavior model; pass one (--behavior)")
+        return evaluate_returns(
+            self.data, self.probs, self.target_prob, wanted, self.sim, rng=self.rng, alpha=self.alpha,
+            n_boot=min(self.n_boot, 200) if self.n_boot else 200, gamma=self.gamma, max_starts=self.max_starts,
+            max_episodes=self.max_episodes,
+        )  # fmt: skip
 
     @cached_property
     def fqe_fit(self) -> FQEFit:

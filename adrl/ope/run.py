@@ -21,15 +21,43 @@ from adrl.ope.bandit import DM, DR, IPS, SNDR, SNIPS, BanditEstimator, SwitchDR,
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate
 from adrl.ope.inputs import EpisodeInputs
+from adrl.ope.marginal import MarginalDR, MarginalIS
+from adrl.ope.model_based import ModelBased, Simulators
+from adrl.ope.model_dr import MAGIC, ModelWDR
 from adrl.ope.reward_models import MaskedQ, QFunction, RidgeRewardModel, cross_fit, default_reward_model, q_terms
 from adrl.ope.sequential import FQE, PDIS, WDR, WIS
 
 # The one table of estimators, per-decision and whole-episode alike: name -> class. A per-decision estimator is a
 # BanditEstimator (they share one validation pass and one set of resamples); an episode-level one has
-# ``run(EpisodeInputs) -> Estimate``. Adding an estimator is its own module plus one entry here.
-ESTIMATORS: dict[str, Any] = {e.name: e for e in (DM, IPS, SNIPS, DR, SNDR, SwitchDR, PDIS, WIS, WDR, FQE)}
+# ``run(EpisodeInputs) -> Estimate`` (the model-based family shares its rollouts through the inputs). Adding an
+# estimator is its own module plus one entry here.
+ESTIMATORS: dict[str, Any] = {
+    e.name: e
+    for e in (
+        DM,
+        IPS,
+        SNIPS,
+        DR,
+        SNDR,
+        SwitchDR,
+        PDIS,
+        WIS,
+        WDR,
+        FQE,
+        ModelBased,
+        ModelWDR,
+        MAGIC,
+        MarginalIS,
+        MarginalDR,
+    )
+}
 ALL_ESTIMATORS = tuple(ESTIMATORS)
 DEFAULT_ESTIMATORS = ("dm", "ips", "snips", "dr", "sndr", "switch-dr", "pdis", "wis", "wdr", "fqe")
+# the estimand of `adrl ope`: the return per user-day (model-based ones need a behavior model), or the one-step value
+ESTIMAND_DEFAULTS = {
+    "return": ("magic", "model", "model-wdr", "mis", "mdr", "pdis", "wis", "wdr", "fqe"),
+    "step": ("dm", "ips", "snips", "dr", "sndr", "switch-dr"),
+}
 # below this effective sample size an importance-weighted estimate is flagged as unreliable
 MIN_ESS = 100.0
 SCOPE = {k: e.scope for k, e in ESTIMATORS.items()}
@@ -139,6 +167,9 @@ def evaluate(
     alpha: float = 0.05,
     n_boot: int = 1000,
     gamma: float = 1.0,
+    sim: Simulators | None = None,
+    max_starts: int | None = None,
+    max_episodes: int | None = None,
 ) -> OPEResult:
     """Estimate the value of the policy with probabilities ``probs`` from ``data`` with each of ``estimators``.
 
@@ -153,6 +184,9 @@ def evaluate(
         alpha: one minus the confidence level.
         n_boot: bootstrap resamples (0: normal-approximation intervals).
         gamma: discount of the whole-episode estimators.
+        sim: the learned simulator (behavior-model members) for the model-based return estimators.
+        max_starts: logged starts the model-based estimate rolls out from (None: all).
+        max_episodes: episodes model-WDR / MAGIC / MIS / MDR use (None: all).
     """
     start = time.perf_counter()
     names = parse_estimators(list(estimators))
@@ -181,7 +215,8 @@ def evaluate(
     estimates.update(results)
     inputs = EpisodeInputs(
         data, target_prob, probs_matrix, gamma=gamma, rng=seq_rng, fold_rng=fold_rng, alpha=alpha, n_boot=n_boot,
-        n_folds=n_folds, reward_model=reward_model,
+        n_folds=n_folds, reward_model=reward_model, probs=probs, sim=sim, requested=tuple(episodic),
+        max_starts=max_starts, max_episodes=max_episodes,
     )  # fmt: skip
     for k in episodic:
         estimates[k] = ESTIMATORS[k].run(inputs)
