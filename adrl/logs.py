@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from adrl.errors import DataError
 from adrl.features import LOG_PREFIX, FeatureLayout
 from adrl.io import atomic_path
+from adrl.scenario import HOURS_PER_DAY
 
 SCHEMA_VERSION = 1
 
@@ -210,6 +211,9 @@ def log_files(path: Path | str) -> list[Path]:
 
 def validate_schema(schema: pa.Schema, source: str, *, layout: FeatureLayout | None = None) -> list[str]:
     """Check required columns and dtypes; returns the feature column names (``x_*``) found, in order."""
+    duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if duplicated:
+        raise DataError(f"{source}: column(s) {duplicated[:5]} appear more than once; each column must be unique")
     names = set(schema.names)
     missing = [n for n, _, req in CORE_COLUMNS if req and n not in names]
     if missing:
@@ -312,3 +316,24 @@ def check_values(df: pd.DataFrame, source: str) -> None:
         if not np.isfinite(x).all():
             col = feats[int(np.argwhere(~np.isfinite(x))[0, 1])]
             raise DataError(f"{source}: feature column {col!r} has NaN or infinite values")
+
+
+def check_ranges(df: pd.DataFrame, layout: FeatureLayout, source: str) -> None:
+    """Reject actions, hours and categorical features (segment, hour) outside the layout's market.
+
+    Every reader of a log for a market calls this before indexing anything by these values.
+    """
+    checks = [(f.name, f.cardinality) for f in layout.action]
+    checks += [("hour", HOURS_PER_DAY)]
+    checks += [(LOG_PREFIX + f.name, f.cardinality) for f in layout.obs if f.kind == "categorical"]
+    for column, size in checks:
+        if column not in df:
+            continue
+        v = df[column].to_numpy()
+        bad = ~((v >= 0) & (v < size) & (v == np.floor(v)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{source}: {column} {float(v[i]):g} at row {i} is outside 0..{size - 1} "
+                f"({int(bad.sum())} of {len(v)} rows); was it logged with another scenario?"
+            )

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from adrl.agents.factory import load_preset
 from adrl.cli import app
 from adrl.errors import ConfigError
-from adrl.scenario import load_scenario
+from adrl.scenario import Scenario, load_scenario
 
 BILLION_LAUGHS = "\n".join(
     ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
@@ -105,3 +105,55 @@ def test_resume_without_a_checkpoint_is_refused_and_keeps_the_metrics(tmp_path: 
     result = runner.invoke(app, ["train", "--agent", "greedy", "--out", str(out), "--resume"])
     assert result.exit_code == 2 and "no checkpoint to continue from" in result.output
     assert (out / "metrics.csv").read_text() == metrics
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adrl.simulate import simulate
+
+    path = tmp_path_factory.mktemp("badlogs") / "logs.parquet"
+    simulate(Scenario(), n_users=80, out=path, seed=0, progress=False)
+    return path
+
+
+def _variant(small_log: Path, tmp_path: Path, name: str, column: str, value: float | None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(small_log)
+    if value is None:  # duplicate the column
+        table = pa.Table.from_arrays([*table.columns, table.column(column)], names=[*table.column_names, column])
+    else:
+        i = table.schema.get_field_index(column)
+        field = table.schema.field(column)
+        table = table.set_column(i, field, pa.array([value] * len(table), type=field.type))
+    out = tmp_path / f"{name}.parquet"
+    pq.write_table(table, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("delay", None, "appear more than once"),
+        ("delay", 99, "delay 99 at row 0 is outside 0..3"),
+        ("creative", -1, "creative -1 at row 0 is outside"),
+        ("x_segment", 9.0, "x_segment 9 at row 0 is outside 0..3"),
+        ("x_hour", 77.0, "x_hour 77 at row 0 is outside 0..23"),
+    ],
+)
+def test_a_log_out_of_the_markets_range_is_refused_by_fit_and_ope(
+    small_log: Path, tmp_path: Path, column: str, value: float | None, message: str
+) -> None:
+    from adrl.agents.baselines import GreedyPolicy
+
+    bad = _variant(small_log, tmp_path, "bad", column, value)
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    runner = CliRunner()
+    for args in (
+        ["fit", "--logs", str(bad), "--out", str(tmp_path / "model"), "--epochs", "1", "--no-baselines"],
+        ["ope", "--logs", str(bad), "--policy", str(tmp_path / "greedy"), "--estimand", "step"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args[0], result.output)
+        assert message in result.output and "Traceback" not in result.output

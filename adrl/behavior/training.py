@@ -37,7 +37,15 @@ from adrl.behavior.net import BehaviorNet, multitask_loss
 from adrl.behavior.profiling import UserProfiler
 from adrl.errors import ConfigError, DataError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.logs import TRUTH_COLUMNS, check_values, feature_columns, iter_batches, log_files, validate_schema
+from adrl.logs import (
+    TRUTH_COLUMNS,
+    check_ranges,
+    check_values,
+    feature_columns,
+    iter_batches,
+    log_files,
+    validate_schema,
+)
 from adrl.obd import ObdData, read_obd
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
@@ -264,6 +272,7 @@ class AdrlLogSource:
     def frames(self) -> Iterator[pd.DataFrame]:
         for df in iter_batches(self.path, columns=self.columns, batch_size=self.cfg.read_rows):
             check_values(df, str(self.path))
+            check_ranges(df, self.layout, str(self.path))
             yield df
 
     def encode(self, df: pd.DataFrame) -> tuple[Encoded, np.ndarray, np.ndarray]:

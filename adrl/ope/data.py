@@ -17,7 +17,7 @@ import pandas as pd
 from adrl.actions import flat_index
 from adrl.errors import DataError, FeatureMismatch
 from adrl.features import LOG_PREFIX, FeatureLayout
-from adrl.logs import feature_columns, read_logs, read_schema
+from adrl.logs import check_ranges, feature_columns, read_logs, read_schema
 from adrl.ope.validation import check_sequential_inputs
 
 TargetProbs = Callable[[np.ndarray], np.ndarray]
@@ -118,13 +118,9 @@ def from_adrl_frame(df: pd.DataFrame, layout: FeatureLayout, *, source: str = "l
             f"{source}: the log lacks feature columns {missing[:5]} of the policy's layout; "
             "was it logged with another scenario?"
         )
+    check_ranges(df, layout, source)
     nvec = (len(layout.delays), len(layout.slots), len(layout.creatives))
     act = df[["delay", "slot", "creative"]].to_numpy(dtype=np.int64)
-    bad = (act < 0) | (act >= np.array(nvec))
-    if bad.any():
-        row, c = (int(v) for v in np.argwhere(bad)[0])
-        part = ("delay", "slot", "creative")[c]
-        raise DataError(f"{source}: {part} {int(act[row, c])} at row {row} is outside 0..{nvec[c] - 1}")
     return LoggedData(
         obs=df[cols].to_numpy(dtype=np.float32),
         action=flat_index(act, nvec),
