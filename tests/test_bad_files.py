@@ -91,7 +91,9 @@ def test_an_output_of_the_wrong_kind_or_an_unwritable_place_is_refused(tmp_path:
     (tmp_path / "afile").write_text("x")
     result = runner.invoke(app, ["simulate", "--users", "5", "--out", str(tmp_path / "adir")])
     assert result.exit_code == 2 and "is a directory; expected a file path" in result.output
-    result = runner.invoke(app, ["fit", "--logs", str(tmp_path), "--out", str(tmp_path / "afile")])
+    logs = tmp_path / "logs.parquet"
+    assert runner.invoke(app, ["simulate", "--users", "5", "--out", str(logs)]).exit_code == 0
+    result = runner.invoke(app, ["fit", "--logs", str(logs), "--out", str(tmp_path / "afile")])
     assert result.exit_code == 2 and "is a file; expected a directory path" in result.output
     result = runner.invoke(app, ["simulate", "--users", "5", "--out", str(tmp_path / "afile" / "x.parquet")])
     assert result.exit_code == 2 and "cannot write under" in result.output

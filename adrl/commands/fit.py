@@ -15,6 +15,8 @@ from adrl.behavior.training import FitConfig, FitReport, fit_adrl, fit_obd
 from adrl.commands import cli_errors, console, err_console
 from adrl.errors import ConfigError
 from adrl.io import check_output
+from adrl.logs import log_files
+from adrl.obd import resolve_obd_paths
 from adrl.scenario import resolve_scenario
 
 SOURCE_LABELS = {
@@ -160,6 +162,10 @@ def register(app: typer.Typer) -> None:
                 baseline_rows=baseline_rows,
                 forest_rows=forest_rows,
             )
+            if is_obd:  # the inputs are named before the output is checked: the first error is the likely one
+                resolve_obd_paths(logs, obd_policy, obd_campaign)
+            else:
+                log_files(logs)
             check_output(out, kind="directory", force=force)
             progress_console = err_console if json_out else console
             if is_obd:
