@@ -249,9 +249,12 @@ def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: P
         if behavior is None:
             raise ConfigError(f"{LEARNED_ID} needs --behavior DIR (a model fitted with adrl fit)")
         from adrl.behavior import LearnedResponse
+        from adrl.behavior.ensemble import EnsembleResponse, is_ensemble
 
         sc = None if scenario is None else resolve_scenario(scenario)
-        response = LearnedResponse.load(behavior, sc)
+        response: Any = (
+            EnsembleResponse.load(behavior, sc) if is_ensemble(behavior) else LearnedResponse.load(behavior, sc)
+        )
         return EnvSpec(env_id, response.scenario, response, Path(behavior))
     raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r} or {LEARNED_ID!r}")
 
@@ -265,4 +268,9 @@ def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
     kwargs: dict[str, Any] = {"scenario": spec.scenario}
     if spec.response is not None:
         kwargs["behavior_model"] = spec.response
-    return gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    env = gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    if hasattr(spec.response, "last_disagreement"):  # a behavior ensemble: report (and penalise) its disagreement
+        from adrl.envs.pessimistic import PessimisticVectorEnv
+
+        env = PessimisticVectorEnv(env)
+    return env

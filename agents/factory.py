@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adrl.errors import ConfigError
 from adrl.scenario import Scenario, format_validation_error
 
-AGENT_NAMES = ("q_learning", "reinforce", "ppo", "a2c", "dqn", "linucb", "greedy", "pacing", "random")
+AGENT_NAMES = ("q_learning", "reinforce", "ppo", "ppo_native", "a2c", "dqn", "linucb", "greedy", "pacing", "random")
 BASELINES = ("greedy", "pacing", "random")
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "agents"
 
@@ -113,6 +113,10 @@ def make_agent(
         from adrl.agents.reinforce import ReinforceAgent, ReinforceConfig
 
         return ReinforceAgent(scenario, _config(ReinforceConfig, params, name), seed=seed)
+    if name == "ppo_native":
+        from adrl.agents.ppo import PPOAgent, PPOConfig
+
+        return PPOAgent(scenario, _config(PPOConfig, params, name), seed=seed)
     if name in ("ppo", "a2c", "dqn"):
         from adrl.agents.sb3 import SB3Agent, SB3Config
 

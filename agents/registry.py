@@ -105,7 +105,7 @@ def _import_builtin_kinds() -> None:
     """Importing the agent modules registers their kinds."""
     import importlib
 
-    for module in ("baselines", "q_learning", "reinforce", "sb3", "bandits"):
+    for module in ("baselines", "rules", "q_learning", "reinforce", "ppo", "sb3", "bandits"):
         try:
             importlib.import_module(f"adrl.agents.{module}")
         except ModuleNotFoundError as e:
