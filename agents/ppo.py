@@ -38,10 +38,10 @@ class PPOConfig:
     """PPO hyper-parameters (user-decisions are the unit of every budget)."""
 
     hidden: int = 128
-    lr: float = 1e-3
-    rollout_steps: int = 16  # steps of every sub-env per update
+    lr: float = 3e-3
+    rollout_steps: int = 8  # steps of every sub-env per update
     update_epochs: int = 4
-    n_minibatches: int = 8
+    n_minibatches: int = 4
     gamma: float = 1.0  # a day is short and ends; the return per user-day is the objective
     gae_lambda: float = 0.95
     clip_coef: float = 0.2

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from adrl.behavior.model import BehaviorModel
 from adrl.behavior.response import LearnedResponse
@@ -67,14 +68,20 @@ class EnsembleConfig:
         epochs: epochs of each member's fit (its other settings come from the ``FitConfig``).
         penalty: λ of the pessimistic mode (0: the plain mean model); written to the artifact as its default.
         leave_value: reward units one lost user costs in the disagreement (see the module docstring).
+        prior_std: initial spread of each member's categorical embeddings (the base fit uses 0.05). Rows the logs
+            never train (an unlogged slot or delay, say) keep their member's random start, so the members disagree
+            there, as randomized prior functions do (Osband et al. 2018); trained rows move to what the data say.
     """
 
     n_members: int = 3
     epochs: int = 3
     penalty: float = 0.0
     leave_value: float = 1.0
+    prior_std: float = 2.0
 
     def __post_init__(self) -> None:
+        if not (self.prior_std > 0 and np.isfinite(self.prior_std)):
+            raise ConfigError(f"prior_std must be a finite number > 0, got {self.prior_std!r}")
         if not isinstance(self.n_members, int) or self.n_members < 1:
             raise ConfigError(f"n_members must be an integer >= 1, got {self.n_members!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -273,6 +280,11 @@ def fit_ensemble(
         boot_ss, train_ss, torch_ss = ss.spawn(3)
         weights = np.random.default_rng(boot_ss).poisson(1.0, int(user_id.max()) + 1)[user_id]
         net = _make_net(source.encoder.spec, member_cfg, mean, std, rates, int(torch_ss.generate_state(1)[0]))
+        with torch.no_grad():  # each member's own random start where the logs say nothing
+            gen = torch.Generator().manual_seed(int(torch_ss.generate_state(2)[1]))
+            for emb in net.embeddings.values():
+                w = emb.weight  # type: ignore[union-attr]
+                w.copy_(torch.randn(w.shape, generator=gen) * ens.prior_std)
         batches = _bootstrap_batches(data, weights, member_cfg.batch_size)
         with _torch_threads(member_cfg.threads):
             history = _train(net, batches, val, (True, True, True), member_cfg, np.random.default_rng(train_ss),
