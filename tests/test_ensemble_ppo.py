@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_tuned_rules_are_chosen_on_the_simulator_given_and_round_trip(tmp_path: 
 def test_oracle_is_at_least_as_good_as_every_other_policy_on_a_tiny_market() -> None:
     sc = tiny_scenario()
     oracle = evaluate_oracle(OraclePlanner(sc), n_users=1500, seed=4)
-    others = {f"pacing-{g}": PacingPolicy(sc, g) for g in (1, 2, 3)}
+    others: dict[str, Any] = {f"pacing-{g}": PacingPolicy(sc, g) for g in (1, 2, 3)}
     others |= {"greedy": GreedyPolicy(sc), "random": RandomPolicy(sc, seed=0)}
     pacing, cap, _ = tune_rules(sc, None, None, seed=0, n_episodes=400)
     others |= {"tuned-pacing": pacing, "frequency-cap": cap}

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -283,8 +283,8 @@ def fit_ensemble(
         with torch.no_grad():  # each member's own random start where the logs say nothing
             gen = torch.Generator().manual_seed(int(torch_ss.generate_state(2)[1]))
             for emb in net.embeddings.values():
-                w = emb.weight  # type: ignore[union-attr]
-                w.copy_(torch.randn(w.shape, generator=gen) * ens.prior_std)
+                w = cast(torch.nn.Embedding, emb).weight
+                w.copy_(torch.randn(tuple(w.shape), generator=gen) * ens.prior_std)
         batches = _bootstrap_batches(data, weights, member_cfg.batch_size)
         with _torch_threads(member_cfg.threads):
             history = _train(net, batches, val, (True, True, True), member_cfg, np.random.default_rng(train_ss),
