@@ -12,7 +12,7 @@ own seed (evaluate the chosen gap on another seed to avoid selection bias).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,19 @@ def choose_pacing_gap(
     return max(means, key=lambda g: (means[g], -g))
 
 
+def simulator_score(
+    scenario: Scenario, response: Any = None, *, seed: int = 0, n_episodes: int = 4000
+) -> Callable[[Any], float]:
+    """``policy -> mean return per user-day`` in ``response`` (None: the ground truth) on the same ``n_episodes``
+    users of ``seed``: what rules are tuned by, on the simulator a run is for."""
+
+    def score(policy: Any) -> float:
+        evaluation = evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response)
+        return evaluation.overall.mean_return
+
+    return score
+
+
 def search_pacing_gap(
     scenario: Scenario,
     value_model: Any,
@@ -302,9 +315,5 @@ def search_pacing_gap(
     Searching on the simulator the policy is built for keeps the ground truth out of a learned-simulator run.
     """
 
-    def score(policy: Any) -> float:
-        return evaluate_policy(
-            policy, scenario, n_episodes=n_episodes, seed=seed, response=response
-        ).overall.mean_return
-
+    score = simulator_score(scenario, response, seed=seed, n_episodes=n_episodes)
     return tune_pacing_gap(scenario, value_model, score, gaps)

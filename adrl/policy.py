@@ -96,19 +96,47 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Propensities:
+    """The marginal probabilities the served action's components had (delay, slot, creative)."""
+
+    delay: float
+    slot: float
+    creative: float
+
+
+@dataclass(frozen=True)
 class Decision:
-    """An action with the exact probability it had of being served, joint and per component."""
+    """An action with the exact probability it had of being served, joint and per component.
+
+    The one decision type: ``LoadedPolicy.decide`` returns it in process, and ``POST /v1/decisions`` answers
+    ``to_dict()`` of it (``PolicyService.decide`` builds that dict directly, on the hot path), where the server also
+    sets ``event_id``, ``episode_id`` and ``step`` (None in process: nothing was logged).
+    """
 
     action: Action
     propensity: float
-    propensity_delay: float
-    propensity_slot: float
-    propensity_creative: float
+    propensities: Propensities
     policy_id: str
     policy_version: str
     exploration: str
+    event_id: str | None = None
+    episode_id: str | int | None = None
+    step: int | None = None
+
+    @property
+    def propensity_delay(self) -> float:
+        return self.propensities.delay
+
+    @property
+    def propensity_slot(self) -> float:
+        return self.propensities.slot
+
+    @property
+    def propensity_creative(self) -> float:
+        return self.propensities.creative
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the decision (what the server answers)."""
         return asdict(self)
 
 
@@ -263,7 +291,7 @@ class LoadedPolicy:
             arrays.action.tolist(), arrays.propensity.tolist(), arrays.components.tolist(), strict=True
         ):
             action = Action(d, self.delay_hours[d], s, self.slot_names[s], c, self.creative_names[c])
-            out.append(Decision(action, p, pd, ps, pc, self.policy_id, self.policy_version, explore))
+            out.append(Decision(action, p, Propensities(pd, ps, pc), self.policy_id, self.policy_version, explore))
         return out
 
     def describe(self) -> dict[str, Any]:

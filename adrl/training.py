@@ -33,9 +33,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adrl.agents.factory import load_preset, make_agent
 from adrl.agents.registry import Score, load_policy_artifact
+from adrl.envs.pessimistic import PessimisticVectorEnv
 from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
 from adrl.errors import ConfigError
-from adrl.evaluation import evaluate_policy
+from adrl.evaluation import simulator_score
 from adrl.io import atomic_open, read_yaml_mapping
 from adrl.scenario import Scenario, resolve_scenario
 
@@ -232,12 +233,7 @@ class EnvSpec:
     def score(self, seed: int, n_episodes: int = 4000) -> Score:
         """Mean return of a candidate policy on this env's simulator, on ``n_episodes`` users of ``seed``."""
 
-        def score(policy: Any) -> float:
-            return evaluate_policy(
-                policy, self.scenario, n_episodes=n_episodes, seed=seed, response=self.response
-            ).overall.mean_return
-
-        return score
+        return simulator_score(self.scenario, self.response, seed=seed, n_episodes=n_episodes)
 
     @property
     def value_model(self) -> Any:
@@ -259,9 +255,12 @@ def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: P
         if behavior is None:
             raise ConfigError(f"{LEARNED_ID} needs --behavior DIR (a model fitted with adrl fit)")
         from adrl.behavior import LearnedResponse
+        from adrl.behavior.ensemble import EnsembleResponse, is_ensemble
 
         sc = None if scenario is None else resolve_scenario(scenario)
-        response = LearnedResponse.load(behavior, sc)
+        response: Any = (
+            EnsembleResponse.load(behavior, sc) if is_ensemble(behavior) else LearnedResponse.load(behavior, sc)
+        )
         return EnvSpec(env_id, response.scenario, response, Path(behavior))
     raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r} or {LEARNED_ID!r}")
 
@@ -273,7 +272,10 @@ def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
     kwargs: dict[str, Any] = {"scenario": spec.scenario}
     if spec.response is not None:
         kwargs["behavior_model"] = spec.response
-    return gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    env = gym.make_vec(spec.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    if hasattr(spec.response, "last_disagreement"):  # a behavior ensemble: report (and penalise) its disagreement
+        env = PessimisticVectorEnv(env)
+    return env
 
 
 def train_run(

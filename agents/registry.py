@@ -30,6 +30,7 @@ _LOADERS: dict[str, Callable[[Path], Any]] = {}
 AGENTS: dict[str, str] = {
     "q_learning": "adrl.agents.q_learning",
     "reinforce": "adrl.agents.reinforce",
+    "ppo_native": "adrl.agents.ppo",
     "ppo": "adrl.agents.sb3",
     "a2c": "adrl.agents.sb3",
     "dqn": "adrl.agents.sb3",
@@ -37,6 +38,8 @@ AGENTS: dict[str, str] = {
     "greedy": "adrl.agents.baselines",
     "pacing": "adrl.agents.baselines",
     "random": "adrl.agents.baselines",
+    "tuned_pacing": "adrl.agents.rules",
+    "frequency_cap": "adrl.agents.rules",
 }
 Score = Callable[[Any], float]  # mean return per user-day of a candidate policy on the simulator a run is for
 

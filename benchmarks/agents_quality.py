@@ -4,6 +4,14 @@ For each seed: train tabular Q-learning and REINFORCE with their presets (config
 20,000 ground-truth user-days beside greedy, pacing and random (the same users for every policy), and record the
 training wall time and CPU time. Goals (issue 5): each learner beats greedy by >= 10% mean return with
 non-overlapping 95% CIs and beats random by far; Q-learning trains within 2 minutes on 2 cores.
+
+Issue 16 adds, per seed: the rules tuned on the ground truth (``tuned_pacing``, ``frequency_cap``, adrl.agents.rules)
+and the oracle planner (benchmarks/oracle.py, on ``--oracle-users`` of the same users), with every policy's
+``fraction_of_oracle``; and with ``--learned DIR`` (a quickstart output of that seed: ``DIR`` may hold ``{seed}``),
+each agent trained again on its learned simulator, plain (``DIR/behavior``) and pessimistic (``DIR/ensemble``,
+its recorded λ), with the ground-truth return, the return inside the simulator it was trained on
+(``sim_return``; optimism = sim / truth − 1) and ``sim_to_real`` = its ground-truth return over the one of the
+same agent trained on the ground truth.
 """
 
 from __future__ import annotations
@@ -28,17 +36,25 @@ GROUND_TRUTH = "adrl/AdPlacement-v0"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--agents", nargs="+", default=["q_learning", "reinforce"])
+    ap.add_argument("--agents", nargs="+", default=["q_learning", "reinforce", "ppo_native"])
     ap.add_argument("--steps", type=int, default=None, help="override every agent's preset budget")
     ap.add_argument("--episodes", type=int, default=20_000)
+    ap.add_argument("--oracle-users", type=int, default=1000, help="0: no oracle")
+    ap.add_argument("--learned", default=None, help="quickstart dir of each seed, e.g. /tmp/qs{seed}")
     args = ap.parse_args()
     sc = Scenario()
     from adrl.agents.baselines import PacingPolicy
 
     gap = search_pacing_gap(sc, None, None, seed=0)
+    from adrl.agents.rules import tune_rules
+    from adrl.evaluation import simulator_score
+
+    tuned_pacing, frequency_cap, _ = tune_rules(sc, None, simulator_score(sc, None, seed=0, n_episodes=4000))
     baselines: dict[str, Any] = {
         "greedy": GreedyPolicy(sc),
         "pacing": PacingPolicy(sc, gap),
+        "tuned_pacing": tuned_pacing,
+        "frequency_cap": frequency_cap,
         "random": RandomPolicy(sc, seed=0),
     }
     runs: list[dict[str, Any]] = []
@@ -70,6 +86,15 @@ def main() -> None:
                     "ads_per_user_day": round(m.impressions_per_user, 3),
                     **({k: round(v, 1) for k, v in timing[name].items()} if name in timing else {}),
                 }
+            if args.oracle_users > 0:
+                from benchmarks.oracle import OraclePlanner, evaluate_oracle
+
+                oracle = evaluate_oracle(OraclePlanner(sc), n_users=args.oracle_users, seed=100 + seed)
+                row["oracle"] = oracle.as_dict()
+                for m in row["policies"].values():
+                    m["fraction_of_oracle"] = round(m["mean_return"] / oracle.mean_return, 4)
+            if args.learned:
+                row["learned"] = _learned_runs(Path(args.learned.format(seed=seed)), args, seed, Path(tmp), row)
             runs.append(row)
             print(json.dumps(row), flush=True)
     summary = {
@@ -85,6 +110,39 @@ def main() -> None:
     }
     print(json.dumps({"benchmark": "agents_quality", "cpus": os.cpu_count(), "pacing_gap": gap,
                       "episodes": args.episodes, "summary": summary, "runs": runs}, indent=2))  # fmt: skip
+
+
+def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Each agent trained on the plain and on the pessimistic learned simulator of quickstart dir ``qs``."""
+    from adrl.envs.registration import LEARNED_ID
+    from adrl.training import resolve_env
+
+    sc = Scenario()
+    out: dict[str, Any] = {}
+    for mode, sim in (("plain", qs / "behavior"), ("pessimistic", qs / "ensemble")):
+        if not sim.exists():
+            continue
+        response = resolve_env(LEARNED_ID, sc, sim).response
+        for agent in args.agents:
+            run = tmp / f"{agent}-{seed}-{mode}"
+            train_run(agent_name=agent, env_id=LEARNED_ID, out=run, behavior=sim, steps=args.steps, seed=seed,
+                      progress=False)  # fmt: skip
+            policy = load_policy_artifact(run / "policy")
+            truth = evaluate_policies({agent: policy}, sc, n_episodes=args.episodes, seed=100 + seed)[0].overall
+            inside = evaluate_policies({agent: policy}, sc, n_episodes=args.episodes, seed=100 + seed,
+                                       response=response)[0].overall  # fmt: skip
+            on_truth = row["policies"][agent]["mean_return"]
+            out[f"{agent}/{mode}"] = {
+                "mean_return": round(truth.mean_return, 5),
+                "ci95": [round(truth.ci_low, 5), round(truth.ci_high, 5)],
+                "churn_rate": round(truth.churn_rate, 4),
+                "sim_return": round(inside.mean_return, 5),
+                "optimism": round(inside.mean_return / truth.mean_return - 1, 4),
+                "sim_to_real": round(truth.mean_return / on_truth, 4),
+                **({"fraction_of_oracle": round(truth.mean_return / row["oracle"]["mean_return"], 4)}
+                   if "oracle" in row else {}),
+            }  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -24,7 +24,15 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_quickstart_prints_the_table_and_next_commands(quickstart: tuple[Path, str]) -> None:
     _, text = quickstart
-    for name in ("q_learning", "reinforce", "greedy", "pacing", "random"):
+    for name in (
+        "reinforce",
+        "ppo_native",
+        "greedy",
+        "pacing",
+        "tuned_pacing",
+        "frequency_cap",
+        "random",
+    ):
         assert name in text
     assert "adrl serve --policy" in text and "adrl.load_policy(" in text and "report:" in text
 
@@ -48,7 +56,7 @@ def test_report_is_self_contained_and_has_every_section(quickstart: tuple[Path, 
         assert f'id="{key}"' in page and title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 4  # calibration, curves, policies, best
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched or run
-    for name in ("q_learning", "reinforce", "greedy", "pacing", "random", "dr", "wis"):
+    for name in ("reinforce", "ppo_native", "greedy", "pacing", "tuned_pacing", "random", "dr", "wis"):
         assert f"<td>{name}</td>" in page
 
 

@@ -126,3 +126,19 @@ def test_serve_refuses_a_guessable_api_key(tmp_path: Path, monkeypatch: pytest.M
     )
     assert result.exit_code == 2
     assert "at least 16" in result.output
+
+
+def test_one_decision_type_in_process_and_over_http(client: TestClient, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from pydantic import TypeAdapter
+
+    from adrl.policy import Decision, load_policy
+
+    served = client.post("/v1/decisions", json=REQ).json()
+    decision = TypeAdapter(Decision).validate_python(served)  # the HTTP answer is a Decision, field for field
+    assert decision.to_dict() == served and decision.event_id is not None
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    mine = load_policy(tmp_path / "greedy").decide(user={"segment": "office"}, context={"hour": 12})
+    assert set(asdict(mine)) == set(served) and mine.event_id is None and mine.step is None
+    assert mine.propensity_slot == mine.propensities.slot and mine.action == decision.action

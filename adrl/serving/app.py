@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adrl.errors import AdrlError
-from adrl.policy import Action
+from adrl.policy import Decision
 from adrl.requests import DecisionRequest, InvalidRequest
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.metrics import CONTENT_TYPE
@@ -66,26 +66,6 @@ class PayloadTooLarge(AdrlError, ValueError):
 
 
 # ---- response documentation models (the routes build their JSON by hand) -----------------------------------------
-class PropensitiesOut(BaseModel):
-    delay: float
-    slot: float
-    creative: float
-
-
-class DecisionOut(BaseModel):
-    """A served action with the exact probability it had (joint and per component) under exploration."""
-
-    event_id: str
-    episode_id: str | int | None
-    step: int
-    action: Action  # the in-process dataclass: the same fields
-    propensity: float
-    propensities: PropensitiesOut
-    policy_id: str
-    policy_version: str
-    exploration: str
-
-
 class FeedbackOut(BaseModel):
     decision_id: str
     accepted: bool
@@ -326,7 +306,7 @@ ops_router = APIRouter()
     summary="Decide for one request or a list of requests",
     openapi_extra=_json_body("DecisionRequest", many=True),
     responses={
-        200: {"model": DecisionOut | list[DecisionOut], "description": "one decision, or a list in order"},
+        200: {"model": Decision | list[Decision], "description": "one decision, or a list in order"},
         **_ERRORS,
     },
     response_class=Response,

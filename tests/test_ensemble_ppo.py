@@ -1,0 +1,139 @@
+"""Issue 16: the ensemble knows where it is unsure, pessimism, batched PPO, the tuned rules and the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from adrl.agents.baselines import GreedyPolicy, PacingPolicy, RandomPolicy
+from adrl.agents.ppo import PPOAgent, PPOConfig
+from adrl.agents.registry import load_policy_artifact
+from adrl.agents.rules import RulePolicy, tune_rules
+from adrl.behavior import FitConfig, fit_adrl
+from adrl.behavior.ensemble import EnsembleConfig, EnsembleResponse, fit_ensemble, is_ensemble
+from adrl.envs.pessimistic import PessimisticVectorEnv
+from adrl.envs.vector import AdPlacementVectorEnv
+from adrl.evaluation import episode_returns, evaluate_policy, simulator_score
+from adrl.features import FeatureLayout
+from adrl.logs import feature_columns, read_logs
+from adrl.simulate import simulate
+from benchmarks.oracle import OraclePlanner, evaluate_oracle
+from tests.agent_helpers import tiny_scenario
+
+FIT = FitConfig(epochs=6, baselines=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny market logged by a policy that always shows now, in the feed: delay 2 and the popup are unseen."""
+    sc = tiny_scenario()
+    path = tmp_path_factory.mktemp("ens") / "logs.parquet"
+    feed_now = RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0)  # never waits, feed only
+    from adrl.agents.baselines import EpsilonGreedyPolicy
+
+    simulate(sc, n_users=3000, out=path, seed=3, logging_policy=EpsilonGreedyPolicy(feed_now, (0.0, 0.0, 1.0)),
+             progress=False)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def ensemble(logged: Path, tmp_path_factory: pytest.TempPathFactory) -> EnsembleResponse:
+    sc = tiny_scenario()
+    base = fit_adrl(logged, sc, FIT, progress=False).model
+    ens = fit_ensemble(logged, sc, FIT, EnsembleConfig(n_members=3, epochs=6, penalty=0.5), base=base)
+    path = ens.save(tmp_path_factory.mktemp("ens_art") / "ensemble")
+    assert is_ensemble(path) and not is_ensemble(path / "member-0")
+    return EnsembleResponse.load(path, sc)
+
+
+def _logged_obs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    df = read_logs(path)
+    df = df[df["shown"]]
+    layout = FeatureLayout.from_scenario(tiny_scenario())
+    return df[feature_columns(layout)].to_numpy(dtype=np.float32), df[["delay", "slot", "creative"]].to_numpy()
+
+
+def test_disagreement_is_larger_off_the_logged_support(ensemble: EnsembleResponse, logged: Path) -> None:
+    obs, action = _logged_obs(logged)
+    assert ensemble.n_members == 4 and ensemble.penalty == 0.5  # base + 3 bootstrap members; penalty kept
+    on = ensemble.disagreement(obs, action)
+    off_action = action.copy()
+    off_action[:, 0], off_action[:, 1] = 1, 1  # delay 2 hours, popup: never logged
+    off = ensemble.disagreement(obs, off_action)
+    assert np.all(on >= 0) and off.mean() > 1.1 * on.mean()
+    spread_on = ensemble.member_probabilities(obs, action)[:, 0].std(axis=0).mean()  # of pCTR
+    spread_off = ensemble.member_probabilities(obs, off_action)[:, 0].std(axis=0).mean()
+    assert spread_off > 1.5 * spread_on
+
+
+def test_pessimistic_mode_lowers_returns_most_on_out_of_support_actions(ensemble: EnsembleResponse) -> None:
+    sc = tiny_scenario()
+    policies = {
+        "on": RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0),  # as logged
+        "off": RulePolicy(sc, timing="pacing", min_gap=2, slot=1),  # waits and uses the unlogged popup
+    }
+    drop = {}
+    for name, policy in policies.items():
+        means = []
+        for lam in (0.0, 1.0):
+            env = PessimisticVectorEnv(AdPlacementVectorEnv(500, sc, ensemble), penalty=lam)
+            obs, _ = env.reset(seed=7)
+            total, running = np.zeros(500), np.ones(500, dtype=bool)
+            while running.any():
+                obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
+                assert info["disagreement"].shape == (500,) and np.all(info["disagreement"] >= 0)
+                total += np.where(running, reward, 0.0)
+                running &= ~(terminated | truncated)
+            means.append(total.mean())
+        drop[name] = means[0] - means[1]  # same users and draws: only the penalty differs
+    assert drop["on"] > 0 and drop["off"] > 2 * drop["on"]
+
+
+def test_ppo_trains_on_the_batched_env_and_beats_random(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    sc = tiny_scenario()
+    env = AdPlacementVectorEnv(256, sc)
+    cfg = PPOConfig(hidden=64, lr=3e-3, rollout_steps=8, n_minibatches=4, log_every=20_000)
+    agent = PPOAgent(sc, cfg, seed=0).learn(env, 60_000)
+    learned = evaluate_policy(agent, sc, n_episodes=2000, seed=1).overall
+    random_ = evaluate_policy(RandomPolicy(sc, seed=2), sc, n_episodes=2000, seed=1).overall
+    assert learned.mean_return - random_.mean_return > 3 * np.hypot(learned.sem, random_.sem)
+    agent.save(tmp_path / "ppo")
+    loaded = load_policy_artifact(tmp_path / "ppo")
+    obs, _ = env.reset(seed=3)
+    np.testing.assert_allclose(loaded.action_probabilities(obs), agent.action_probabilities(obs), rtol=1e-6)
+    assert loaded.steps_done == agent.steps_done >= 60_000
+    loaded.learn(env, loaded.steps_done + 4096)  # resumes from the saved optimizer and normaliser
+    assert loaded.steps_done > agent.steps_done
+
+
+def test_tuned_rules_are_chosen_on_the_simulator_given_and_round_trip(tmp_path: Path) -> None:
+    sc = tiny_scenario()
+    pacing, cap, scores = tune_rules(sc, None, simulator_score(sc, None, seed=0, n_episodes=400))
+    assert pacing.timing == "pacing" and cap.timing == "frequency-cap"
+    assert scores[pacing.name] == max(v for k, v in scores.items() if k.startswith("pacing"))
+    cap.save(tmp_path / "cap")
+    loaded = load_policy_artifact(tmp_path / "cap")
+    obs, _ = AdPlacementVectorEnv(64, sc).reset(seed=0)
+    np.testing.assert_array_equal(loaded.predict(obs), cap.predict(obs))
+    np.testing.assert_array_equal(loaded.action_probabilities(obs).sum(axis=1), np.ones(64))
+
+
+def test_oracle_is_at_least_as_good_as_every_other_policy_on_a_tiny_market() -> None:
+    sc = tiny_scenario()
+    oracle = evaluate_oracle(OraclePlanner(sc), n_users=1500, seed=4)
+    others: dict[str, Any] = {f"pacing-{g}": PacingPolicy(sc, g) for g in (1, 2, 3)}
+    others |= {"greedy": GreedyPolicy(sc), "random": RandomPolicy(sc, seed=0)}
+    pacing, cap, _ = tune_rules(sc, None, simulator_score(sc, None, seed=0, n_episodes=400))
+    others |= {"tuned-pacing": pacing, "frequency-cap": cap}
+    env = AdPlacementVectorEnv(256, sc)
+    others["ppo"] = PPOAgent(sc, PPOConfig(hidden=64, lr=3e-3, rollout_steps=8, n_minibatches=4), seed=0).learn(
+        env, 60_000
+    )
+    for name, policy in others.items():
+        value = episode_returns(policy, sc, n_episodes=1500, seed=4)  # the same users as the oracle's
+        assert oracle.mean_return >= value.mean(), name
