@@ -16,7 +16,7 @@ generator.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from adrl.actions import joint_probabilities, sample_from
 from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs
-from adrl.agents.registry import agent_config, agent_params, read_policy_manifest, register_kind, write_policy_manifest
+from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.reinforce import FactoredPolicyNet, value_net
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
@@ -258,34 +258,16 @@ class PPOAgent:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         optim = save_torch_state(path, {"policy": self.policy, "value": self.value, "norm": self.norm}, self.opt)
-        write_policy_manifest(
-            path,
-            kind=self.kind,
-            version=self.version,
-            scenario=self.scenario,
-            extra={
-                "config": asdict(self.config),
-                "features_dim": self.features.dim,
-                "steps_done": self.steps_done,
-                "seed": self.seed,
-                "rng_state": self.rng.bit_generator.state,
-                **optim,
-            },
-        )
+        write_learner_manifest(path, self, {"features_dim": self.features.dim, **optim})
 
     @classmethod
     def load(cls, path: Path | str) -> PPOAgent:
         path = Path(path)
-        manifest, scenario = read_policy_manifest(path, kind=cls.kind, version=cls.version)
-        config = agent_config(PPOConfig, manifest, path)
-        agent = cls(scenario, config, seed=manifest.get("seed"))
+        agent, manifest = read_learner(cls, PPOConfig, path)
         if manifest.get("features_dim") != agent.features.dim:
             raise ArtifactError(f"{path}: network input size {manifest.get('features_dim')} != {agent.features.dim}")
         modules = {"policy": agent.policy, "value": agent.value, "norm": agent.norm}
         load_torch_state(path, modules, agent.opt, manifest)
-        agent.steps_done = int(manifest.get("steps_done", 0))
-        if isinstance(manifest.get("rng_state"), dict):
-            agent.rng.bit_generator.state = manifest["rng_state"]
         return agent
 
 

@@ -30,12 +30,12 @@ from sklearn.preprocessing import StandardScaler
 
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate, weight_diagnostics
-from adrl.ope.model_based import Simulators, first_rows, rollout_returns, states_from_obs
+from adrl.ope.model_based import ModelFamily, Simulators, first_rows, rollout_returns, states_from_obs
 from adrl.ope.model_dr import ModelQV, poisson_sums
 from adrl.ope.sequential import Episodes
 
 if TYPE_CHECKING:
-    from adrl.ope.inputs import EpisodeInputs
+    pass
 
 _MAX_FIT_ROWS = 50_000  # per class and step: enough for a linear classifier
 
@@ -99,18 +99,11 @@ def _interval(
 
 
 @dataclass(frozen=True)
-class MarginalIS:
+class MarginalIS(ModelFamily):
     """State-marginal importance sampling of the return (Liu et al. 2018), ratios from a classifier."""
 
     gamma: float = 1.0
     name: ClassVar[str] = "mis"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """From the family's shared computation (:attr:`EpisodeInputs.model_family`)."""
-        return inputs.model_family[cls.name]
 
     def estimate(
         self,
@@ -133,18 +126,11 @@ class MarginalIS:
 
 
 @dataclass(frozen=True)
-class MarginalDR:
+class MarginalDR(ModelFamily):
     """Marginal doubly robust return (Kallus & Uehara 2020) with the simulator's Q̂ / V̂ and classifier ratios."""
 
     gamma: float = 1.0
     name: ClassVar[str] = "mdr"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """From the family's shared computation (:attr:`EpisodeInputs.model_family`)."""
-        return inputs.model_family[cls.name]
 
     def estimate(
         self,

@@ -42,6 +42,19 @@ if TYPE_CHECKING:
     from adrl.ope.inputs import EpisodeInputs
 
 
+class ModelFamily:
+    """The registry's entry point of the estimators that share the learned simulator's rollouts (model, model-wdr,
+    magic, mis, mdr): they are computed together, once per evaluation (:attr:`EpisodeInputs.model_family`)."""
+
+    name: ClassVar[str]
+    scope: ClassVar[str] = "episode"
+    needs_probs_matrix: ClassVar[bool] = False
+
+    @classmethod
+    def run(cls, inputs: EpisodeInputs) -> Estimate:
+        return inputs.model_family[cls.name]
+
+
 @dataclass(frozen=True)
 class Simulators:
     """The learned world an estimate rolls policies out in: the dynamics and one or more response models.
@@ -208,7 +221,7 @@ def first_rows(data: LoggedData) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ModelBased:
+class ModelBased(ModelFamily):
     """The target policy rolled out in the learned simulator from the logged starts (module docstring).
 
     Attributes:
@@ -221,13 +234,6 @@ class ModelBased:
     max_starts: int | None = None
     gamma: float = 1.0
     name: ClassVar[str] = "model"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """From the family's shared computation (:attr:`EpisodeInputs.model_family`)."""
-        return inputs.model_family[cls.name]
 
     def __post_init__(self) -> None:
         if self.n_rollouts < 1:

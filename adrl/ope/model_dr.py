@@ -34,11 +34,11 @@ from adrl.actions import unflatten
 from adrl.errors import DataError
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate, weight_diagnostics
-from adrl.ope.model_based import Simulators, rollout_returns, states_from_obs
+from adrl.ope.model_based import ModelFamily, Simulators, rollout_returns, states_from_obs
 from adrl.ope.sequential import Episodes
 
 if TYPE_CHECKING:
-    from adrl.ope.inputs import EpisodeInputs
+    pass
 
 _CHUNK_EPISODES = 16_384
 
@@ -121,18 +121,11 @@ def _check(alpha: float, n_boot: int, gamma: float) -> None:
 
 
 @dataclass(frozen=True)
-class ModelWDR:
+class ModelWDR(ModelFamily):
     """Weighted doubly robust return (g^(H−1)) with the simulator's Q̂ / V̂; Poisson-bootstrap percentile interval."""
 
     gamma: float = 1.0
     name: ClassVar[str] = "model-wdr"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """From the family's shared computation (:attr:`EpisodeInputs.model_family`)."""
-        return inputs.model_family[cls.name]
 
     def estimate(
         self,
@@ -155,7 +148,7 @@ class ModelWDR:
 
 
 @dataclass(frozen=True)
-class MAGIC:
+class MAGIC(ModelFamily):
     """Model and guided importance sampling combining (Thomas & Brunskill 2016) over g^(−1) .. g^(H−1).
 
     Attributes:
@@ -164,13 +157,6 @@ class MAGIC:
 
     gamma: float = 1.0
     name: ClassVar[str] = "magic"
-    scope: ClassVar[str] = "episode"
-    needs_probs_matrix: ClassVar[bool] = False
-
-    @classmethod
-    def run(cls, inputs: EpisodeInputs) -> Estimate:
-        """From the family's shared computation (:attr:`EpisodeInputs.model_family`)."""
-        return inputs.model_family[cls.name]
 
     def blend(
         self, data: LoggedData, target_prob: np.ndarray, qv: ModelQV, *, rng: np.random.Generator, alpha: float,
