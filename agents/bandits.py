@@ -19,11 +19,11 @@ from typing import Any, Self
 import numpy as np
 
 from adrl.actions import unflatten
-from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
+from adrl.agents.base import EpisodeTracker, Learner, check_obs, next_step_autoreset, one_hot
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
-from adrl.io import load_npy, write_npy_atomic
+from adrl.io import load_npy
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
 HOUR_BINS = 6
@@ -84,24 +84,18 @@ class ActionFeatures:
         return np.concatenate([static, per_slot, seg_hour, recent, bias], axis=2)
 
 
-class LinUCBAgent:
+class LinUCBAgent(Learner):
     """Shared-model LinUCB; see the module docstring."""
 
     kind = "linucb"
     version = 1
 
     def __init__(self, scenario: Scenario, config: LinUCBConfig | None = None, *, seed: int | None = None) -> None:
-        self.scenario = scenario
-        self.config = config or LinUCBConfig()
+        self._start(scenario, config or LinUCBConfig(), seed)
         self.phi = ActionFeatures(scenario)
-        self.layout = self.phi.layout
-        self.nvec = scenario.action_nvec
-        self.obs_dim = self.layout.obs_dim
-        self.seed = seed
         d = self.phi.dim
         self.A = np.eye(d) * self.config.ridge
         self.b = np.zeros(d)
-        self.steps_done = 0
         self._refresh()
 
     def _refresh(self) -> None:
@@ -149,11 +143,7 @@ class LinUCBAgent:
         return self
 
     def save(self, path: Path | str) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        write_npy_atomic(path / "A.npy", self.A)
-        write_npy_atomic(path / "b.npy", self.b)
-        write_learner_manifest(path, self, {"dim": self.phi.dim})
+        write_learner_manifest(path, self, {"dim": self.phi.dim}, arrays={"A.npy": self.A, "b.npy": self.b})
 
     @classmethod
     def load(cls, path: Path | str) -> LinUCBAgent:

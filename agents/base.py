@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from adrl.actions import joint_probabilities, sample_from
 from adrl.errors import ArtifactError
+from adrl.features import FeatureLayout
+from adrl.scenario import Scenario
 
 
 def one_hot(index: np.ndarray, n: int) -> np.ndarray:
@@ -90,3 +93,45 @@ class NeuralFeatures:
             out[rows, k + idx] = 1.0
             k += card
         return out
+
+
+class Learner:
+    """The state every learning agent starts from: its market, config, feature layout, action sizes and a seeded
+    random stream (whose state the manifest keeps, so a resumed run continues the same stream)."""
+
+    scenario: Scenario
+    config: Any
+    layout: FeatureLayout
+    nvec: tuple[int, int, int]
+    obs_dim: int
+    seed: int | None
+    rng: np.random.Generator
+    steps_done: int
+
+    def _start(self, scenario: Scenario, config: Any, seed: int | None) -> None:
+        self.scenario, self.config, self.seed = scenario, config, seed
+        self.layout = FeatureLayout.from_scenario(scenario)
+        self.nvec = scenario.action_nvec
+        self.obs_dim = self.layout.obs_dim
+        self.rng = np.random.default_rng(seed)
+        self.steps_done = 0
+
+
+class FactoredPolicy:
+    """``predict`` and ``action_probabilities`` of a policy whose action components are independent given the
+    observation (a product of categoricals): subclasses give ``component_probabilities(obs)``."""
+
+    rng: np.random.Generator
+
+    def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+        probs = self.component_probabilities(obs)
+        if deterministic:
+            return np.stack([p.argmax(axis=1) for p in probs], axis=1)
+        return np.stack([sample_from(p, self.rng) for p in probs], axis=1)
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        pd, ps, pc = self.component_probabilities(obs)
+        return joint_probabilities(pd, ps, pc)

@@ -24,13 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.actions import joint_probabilities, sample_from
-from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs
+from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.reinforce import FactoredPolicyNet, value_net
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
-from adrl.features import FeatureLayout
 from adrl.scenario import Scenario
 
 
@@ -95,21 +93,15 @@ class RunningNorm(nn.Module):
         return torch.clamp(z, -10.0, 10.0)
 
 
-class PPOAgent:
+class PPOAgent(FactoredPolicy, Learner):
     """Batched PPO with the factored action head; see the module docstring."""
 
     kind = "ppo-native"
     version = 1
 
     def __init__(self, scenario: Scenario, config: PPOConfig | None = None, *, seed: int | None = None) -> None:
-        self.scenario = scenario
-        self.config = config or PPOConfig()
-        self.layout = FeatureLayout.from_scenario(scenario)
+        self._start(scenario, config or PPOConfig(), seed)
         self.features = NeuralFeatures(self.layout)
-        self.nvec = scenario.action_nvec
-        self.obs_dim = self.layout.obs_dim
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
         torch.manual_seed(int(self.rng.integers(2**31)))  # initial weights follow the seed
         self.norm = RunningNorm(self.features.dim)
         self.policy = FactoredPolicyNet(self.features.dim, self.config.hidden, self.nvec)
@@ -127,16 +119,6 @@ class PPOAgent:
     def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
         logits = self.policy(self._inputs(check_obs(obs, self.obs_dim)))
         return [torch.softmax(lg, dim=-1).numpy().astype(np.float64) for lg in logits]
-
-    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
-        probs = self.component_probabilities(obs)
-        if deterministic:
-            return np.stack([p.argmax(axis=1) for p in probs], axis=1)
-        return np.stack([sample_from(p, self.rng) for p in probs], axis=1)
-
-    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
-        pd, ps, pc = self.component_probabilities(obs)
-        return joint_probabilities(pd, ps, pc)
 
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:

@@ -19,12 +19,11 @@ from typing import Any, Self
 import numpy as np
 
 from adrl.actions import unflatten
-from adrl.agents.base import EpisodeTracker, check_obs, next_step_autoreset, one_hot
+from adrl.agents.base import EpisodeTracker, Learner, check_obs, next_step_autoreset, one_hot
 from adrl.agents.discretizer import PREFERRED_CATEGORY, StateDiscretizer
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.errors import ArtifactError
-from adrl.features import FeatureLayout
-from adrl.io import load_npy, write_npy_atomic
+from adrl.io import load_npy
 from adrl.scenario import HOURS_PER_DAY, Scenario
 
 
@@ -72,26 +71,19 @@ class QLearningConfig:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
 
-class TabularQAgent:
+class TabularQAgent(Learner):
     """Tabular Q-learning; see the module docstring for the update and exploration."""
 
     kind = "tabular-q"
     version = 1
 
     def __init__(self, scenario: Scenario, config: QLearningConfig | None = None, *, seed: int | None = None) -> None:
-        self.scenario = scenario
-        self.config = config or QLearningConfig()
-        self.layout = FeatureLayout.from_scenario(scenario)
+        self._start(scenario, config or QLearningConfig(), seed)
         c = self.config
         self.discretizer = StateDiscretizer(self.layout, state_bins(c.hour_bin, c.max_gap, c.max_recent))
-        self.nvec = scenario.action_nvec
-        self.obs_dim = self.layout.obs_dim
         self.n_actions = scenario.n_actions
         self.q = np.zeros((self.discretizer.n_states, self.n_actions))
         self.visits = np.zeros((self.discretizer.n_states, self.n_actions), dtype=np.int64)
-        self.steps_done = 0
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
 
     # ---- policy ------------------------------------------------------------------------------------------------
     def greedy_actions(self, states: np.ndarray) -> np.ndarray:
@@ -162,11 +154,8 @@ class TabularQAgent:
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def save(self, path: Path | str) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        write_npy_atomic(path / "q.npy", self.q)
-        write_npy_atomic(path / "visits.npy", self.visits)
-        write_learner_manifest(path, self, {"n_states": self.discretizer.n_states})
+        arrays = {"q.npy": self.q, "visits.npy": self.visits}
+        write_learner_manifest(path, self, {"n_states": self.discretizer.n_states}, arrays=arrays)
 
     @classmethod
     def load(cls, path: Path | str) -> TabularQAgent:

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.io import read_manifest, write_json_atomic
+from adrl.io import read_manifest, write_json_atomic, write_npy_atomic
 from adrl.scenario import Scenario, scenario_from_dict
 
 MANIFEST = "manifest.json"
@@ -137,8 +139,16 @@ def read_policy_manifest(
     return manifest, scenario
 
 
-def write_learner_manifest(path: Path | str, agent: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a learning agent: its config, ``extra``, and its progress and random state (for resume)."""
+def write_learner_manifest(
+    path: Path | str, agent: Any, extra: dict[str, Any], *, arrays: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Save a learning agent: its ``arrays`` as ``.npy`` files (atomic), then the manifest with its config,
+    ``extra``, and its progress and random state (for resume). The manifest comes last, so a manifest means a
+    complete artifact."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, array in (arrays or {}).items():
+        write_npy_atomic(path / name, array)
     rng = getattr(agent, "rng", None)
     return write_policy_manifest(
         path, kind=agent.kind, version=agent.version, scenario=agent.scenario,

@@ -19,12 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.actions import joint_probabilities, sample_from
-from adrl.agents.base import EpisodeTracker, NeuralFeatures, check_obs
+from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.errors import ArtifactError
-from adrl.features import FeatureLayout
 from adrl.scenario import Scenario
 
 
@@ -67,21 +65,15 @@ def value_net(in_dim: int, hidden: int) -> nn.Module:
     )
 
 
-class ReinforceAgent:
+class ReinforceAgent(FactoredPolicy, Learner):
     """REINFORCE with a learned value baseline; see the module docstring."""
 
     kind = "reinforce"
     version = 1
 
     def __init__(self, scenario: Scenario, config: ReinforceConfig | None = None, *, seed: int | None = None) -> None:
-        self.scenario = scenario
-        self.config = config or ReinforceConfig()
-        self.layout = FeatureLayout.from_scenario(scenario)
+        self._start(scenario, config or ReinforceConfig(), seed)
         self.features = NeuralFeatures(self.layout)
-        self.nvec = scenario.action_nvec
-        self.obs_dim = self.layout.obs_dim
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
         torch.manual_seed(int(self.rng.integers(2**31)))  # initial weights follow the seed
         self.policy = FactoredPolicyNet(self.features.dim, self.config.hidden, self.nvec)
         self.value = value_net(self.features.dim, self.config.hidden)
@@ -101,17 +93,6 @@ class ReinforceAgent:
     @torch.no_grad()
     def component_probabilities(self, obs: np.ndarray) -> list[np.ndarray]:
         return [torch.softmax(lg, dim=-1).numpy().astype(np.float64) for lg in self._logits(obs)]
-
-    @torch.no_grad()
-    def predict(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
-        probs = self.component_probabilities(obs)
-        if deterministic:
-            return np.stack([p.argmax(axis=1) for p in probs], axis=1)
-        return np.stack([sample_from(p, self.rng) for p in probs], axis=1)
-
-    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
-        pd, ps, pc = self.component_probabilities(obs)
-        return joint_probabilities(pd, ps, pc)
 
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:

@@ -18,7 +18,7 @@ from adrl.ope import evaluate
 from adrl.ope.data import read_adrl_logs
 from adrl.ope.estimate import Estimate
 from adrl.ope.model_based import ModelBased, Simulators, logged_return, members_interval, states_from_obs
-from adrl.ope.model_dr import MAGIC, ModelQV, ModelWDR
+from adrl.ope.model_dr import MAGIC, FamilyData, ModelQV, ModelWDR
 from adrl.ope.selection import select
 from adrl.scenario import Scenario
 from adrl.simulate import _chunks, simulate
@@ -109,13 +109,13 @@ def test_target_equal_to_logger_gives_the_logged_mean_return(logged: tuple[Path,
     assert res.estimates["wis"].value == pytest.approx(truth)
     zero = ModelQV(q_logged=np.zeros(data.n), v_target=np.zeros(data.n))
     tp = np.full(data.n, 1.0 / (sc.n_delays * sc.n_slots * sc.n_creatives))
-    wdr = ModelWDR().estimate(data, tp, zero, rng=np.random.default_rng(0), n_boot=100)
+    wdr = ModelWDR().estimate(FamilyData(data, tp, zero), rng=np.random.default_rng(0), n_boot=100)
     assert wdr.value == pytest.approx(truth) and wdr.lower <= truth <= wdr.upper
     # an exact model (Q̂ = V̂ = the logged return still to come) makes every j-step return the same
     ep = pd.DataFrame({"e": data.episode_id, "s": data.step, "r": data.reward})
     to_go = ep.sort_values(["e", "s"], ascending=[True, False]).groupby("e")["r"].cumsum().sort_index().to_numpy()
     exact = ModelQV(q_logged=to_go, v_target=to_go)
-    magic = MAGIC().estimate(data, data.propensity, exact, rng=np.random.default_rng(0), n_boot=100)
+    magic = MAGIC().estimate(FamilyData(data, data.propensity, exact), rng=np.random.default_rng(0), n_boot=100)
     assert magic.value == pytest.approx(truth, rel=1e-9)
 
 

@@ -21,7 +21,7 @@ multiplier bootstrap over episodes with the ratios held fixed (so they leave out
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -31,11 +31,8 @@ from sklearn.preprocessing import StandardScaler
 from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate, weight_diagnostics
 from adrl.ope.model_based import ModelFamily, Simulators, first_rows, rollout_returns, states_from_obs
-from adrl.ope.model_dr import ModelQV, poisson_sums
+from adrl.ope.model_dr import FamilyData, poisson_sums
 from adrl.ope.sequential import Episodes
-
-if TYPE_CHECKING:
-    pass
 
 _MAX_FIT_ROWS = 50_000  # per class and step: enough for a linear classifier
 
@@ -105,18 +102,10 @@ class MarginalIS(ModelFamily):
     gamma: float = 1.0
     name: ClassVar[str] = "mis"
 
-    def estimate(
-        self,
-        data: LoggedData,
-        target_prob: np.ndarray,
-        ratio: np.ndarray,
-        *,
-        rng: np.random.Generator,
-        alpha: float = 0.05,
-        n_boot: int = 200,
-    ) -> Estimate:
+    def estimate(self, x: FamilyData, *, rng: np.random.Generator, alpha: float = 0.05, n_boot: int = 200) -> Estimate:
+        data = x.data
         ep = Episodes.of(data.episode_id, data.step)
-        mu = ratio * target_prob / data.propensity
+        mu = x.require_ratio() * x.target_prob / data.propensity
         per_episode = np.bincount(
             ep.episode, weights=mu * data.reward * self.gamma**ep.position, minlength=ep.n_episodes
         )
@@ -132,21 +121,12 @@ class MarginalDR(ModelFamily):
     gamma: float = 1.0
     name: ClassVar[str] = "mdr"
 
-    def estimate(
-        self,
-        data: LoggedData,
-        target_prob: np.ndarray,
-        ratio: np.ndarray,
-        qv: ModelQV,
-        *,
-        rng: np.random.Generator,
-        alpha: float = 0.05,
-        n_boot: int = 200,
-    ) -> Estimate:
+    def estimate(self, x: FamilyData, *, rng: np.random.Generator, alpha: float = 0.05, n_boot: int = 200) -> Estimate:
+        data, qv = x.data, x.require_qv()
         ep = Episodes.of(data.episode_id, data.step)
         nxt = ep.next_row()
         v_next = np.where(nxt >= 0, qv.v_target[np.maximum(nxt, 0)], 0.0)
-        mu = ratio * target_prob / data.propensity
+        mu = x.require_ratio() * x.target_prob / data.propensity
         disc = self.gamma**ep.position
         corr = mu * (data.reward + self.gamma * v_next - qv.q_logged) * disc
         per_episode = np.bincount(ep.episode, weights=corr, minlength=ep.n_episodes)

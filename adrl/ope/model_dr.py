@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from scipy.optimize import minimize
@@ -37,9 +37,6 @@ from adrl.ope.estimate import Estimate, weight_diagnostics
 from adrl.ope.model_based import ModelFamily, Simulators, rollout_returns, states_from_obs
 from adrl.ope.sequential import Episodes
 
-if TYPE_CHECKING:
-    pass
-
 _CHUNK_EPISODES = 16_384
 
 
@@ -49,6 +46,27 @@ class ModelQV:
 
     q_logged: np.ndarray
     v_target: np.ndarray
+
+
+@dataclass(frozen=True)
+class FamilyData:
+    """What model-WDR, MAGIC, MIS and MDR read: the logged rows, π_e(a_t|x_t) of the logged actions (n,), the
+    simulator's Q̂ / V̂ and the classifier's state ratios (n,), the last two computed once for all of them."""
+
+    data: LoggedData
+    target_prob: np.ndarray
+    qv: ModelQV | None = None
+    ratio: np.ndarray | None = None
+
+    def require_qv(self) -> ModelQV:
+        if self.qv is None:
+            raise ValueError("this estimator needs the simulator's Q-hat / V-hat (qv)")
+        return self.qv
+
+    def require_ratio(self) -> np.ndarray:
+        if self.ratio is None:
+            raise ValueError("this estimator needs the state-marginal ratios (ratio)")
+        return self.ratio
 
 
 def model_q_v(data: LoggedData, probs: TargetProbs, sim: Simulators, *, rng: np.random.Generator) -> ModelQV:
@@ -127,18 +145,9 @@ class ModelWDR(ModelFamily):
     gamma: float = 1.0
     name: ClassVar[str] = "model-wdr"
 
-    def estimate(
-        self,
-        data: LoggedData,
-        target_prob: np.ndarray,
-        qv: ModelQV,
-        *,
-        rng: np.random.Generator,
-        alpha: float = 0.05,
-        n_boot: int = 200,
-    ) -> Estimate:
+    def estimate(self, x: FamilyData, *, rng: np.random.Generator, alpha: float = 0.05, n_boot: int = 200) -> Estimate:
         _check(alpha, n_boot, self.gamma)
-        g = _grid(data, target_prob, qv)
+        g = _grid(x.data, x.target_prob, x.require_qv())
         disc = self.gamma ** np.arange(g.horizon)
         value = float(_partial_returns(g.columns.sum(axis=0, keepdims=True), g.horizon, disc)[0, -1])
         reps = _partial_returns(poisson_sums(g.columns, rng=rng, n_boot=n_boot), g.horizon, disc)[:, -1]
@@ -159,12 +168,11 @@ class MAGIC(ModelFamily):
     name: ClassVar[str] = "magic"
 
     def blend(
-        self, data: LoggedData, target_prob: np.ndarray, qv: ModelQV, *, rng: np.random.Generator, alpha: float,
-        n_boot: int,
-    ) -> tuple[np.ndarray, np.ndarray, float, int, float]:  # fmt: skip
-        """(weights x over j = −1..H−1, g, root-MSE, episodes, max weight)."""
+        self, x: FamilyData, *, rng: np.random.Generator, alpha: float, n_boot: int
+    ) -> tuple[np.ndarray, np.ndarray, float, int, float]:
+        """(weights w over j = −1..H−1, g, root-MSE, episodes, max weight)."""
         _check(alpha, n_boot, self.gamma)
-        g = _grid(data, target_prob, qv)
+        g = _grid(x.data, x.target_prob, x.require_qv())
         h = g.horizon
         disc = self.gamma ** np.arange(h)
         full = _partial_returns(g.columns.sum(axis=0, keepdims=True), h, disc)[0]
@@ -182,22 +190,13 @@ class MAGIC(ModelFamily):
             constraints=[{"type": "eq", "fun": lambda x: float(x.sum() - 1.0)}],
             method="SLSQP",
         )
-        x = np.clip(res.x, 0.0, None)
-        x = x / x.sum()
-        return x, full, math.sqrt(max(float(x @ mse @ x), 0.0)), g.columns.shape[0], float(g.rho_final.max())
+        w = np.clip(res.x, 0.0, None)
+        w = w / w.sum()
+        return w, full, math.sqrt(max(float(w @ mse @ w), 0.0)), g.columns.shape[0], float(g.rho_final.max())
 
-    def estimate(
-        self,
-        data: LoggedData,
-        target_prob: np.ndarray,
-        qv: ModelQV,
-        *,
-        rng: np.random.Generator,
-        alpha: float = 0.05,
-        n_boot: int = 200,
-    ) -> Estimate:
-        x, g, rmse, n, max_w = self.blend(data, target_prob, qv, rng=rng, alpha=alpha, n_boot=n_boot)
-        value = float(x @ g)
+    def estimate(self, x: FamilyData, *, rng: np.random.Generator, alpha: float = 0.05, n_boot: int = 200) -> Estimate:
+        w, g, rmse, n, max_w = self.blend(x, rng=rng, alpha=alpha, n_boot=n_boot)
+        value = float(w @ g)
         z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
         # the ESS of a blend: the model's share counts every episode, the weights' share their ESS
         return Estimate(value, value - z * rmse, value + z * rmse, n, math.nan, max_w, "normal-rmse")

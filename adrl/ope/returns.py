@@ -15,9 +15,12 @@ from adrl.ope.data import LoggedData, TargetProbs
 from adrl.ope.estimate import Estimate
 from adrl.ope.marginal import MarginalDR, MarginalIS, state_ratios
 from adrl.ope.model_based import ModelBased, Simulators
-from adrl.ope.model_dr import MAGIC, ModelQV, ModelWDR, model_q_v
+from adrl.ope.model_dr import MAGIC, FamilyData, ModelQV, ModelWDR, model_q_v
 
-RETURN_ESTIMATORS = {e.name: e for e in (ModelBased, ModelWDR, MAGIC, MarginalIS, MarginalDR)}
+_ON_LOGGED_ROWS: dict[str, type[ModelWDR | MAGIC | MarginalIS | MarginalDR]] = {
+    e.name: e for e in (ModelWDR, MAGIC, MarginalIS, MarginalDR)
+}  # the ones that correct the simulator with the logged rows
+RETURN_ESTIMATORS = {ModelBased.name: ModelBased, **_ON_LOGGED_ROWS}
 
 
 def evaluate_returns(
@@ -54,24 +57,14 @@ def evaluate_returns(
     if any(k in ("model-wdr", "magic", "mdr") for k in wanted):
         qv = model_q_v(data, probs, sim, rng=qv_rng)
     ratio = state_ratios(data, probs, sim, rng=ratio_rng) if any(k in ("mis", "mdr") for k in wanted) else None
+    inputs = FamilyData(data, target_prob, qv, ratio)
     out: dict[str, Estimate] = {}
-    for k in wanted:
+    for k in wanted:  # in the order asked, drawing from one bootstrap stream
         if k == "model":
             mb = ModelBased(n_rollouts=n_rollouts, max_starts=max_starts, gamma=gamma)
             out[k] = mb.estimate(full, probs, sim, rng=model_rng, alpha=alpha)
-        elif k == "model-wdr":
-            assert qv is not None
-            out[k] = ModelWDR(gamma).estimate(data, target_prob, qv, rng=boot_rng, alpha=alpha, n_boot=n_boot)
-        elif k == "magic":
-            assert qv is not None
-            out[k] = MAGIC(gamma).estimate(data, target_prob, qv, rng=boot_rng, alpha=alpha, n_boot=n_boot)
-        elif k == "mis":
-            assert ratio is not None
-            out[k] = MarginalIS(gamma).estimate(data, target_prob, ratio, rng=boot_rng, alpha=alpha, n_boot=n_boot)
         else:
-            assert ratio is not None and qv is not None
-            out[k] = MarginalDR(gamma).estimate(data, target_prob, ratio, qv, rng=boot_rng, alpha=alpha,
-                                                n_boot=n_boot)  # fmt: skip
+            out[k] = _ON_LOGGED_ROWS[k](gamma).estimate(inputs, rng=boot_rng, alpha=alpha, n_boot=n_boot)
     return out
 
 
