@@ -149,10 +149,10 @@ def read_yaml_mapping(path: Path | str, *, what: str, max_bytes: int = 1 << 20, 
         raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most {max_bytes:,} bytes")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
-        text = "\x00"
-    if "\x00" in text:
+        text = None
+    if text is None or "\x00" in text:
         raise ConfigError(f"{path}: not a UTF-8 text file; expected a YAML {what}")
     if not text.strip():
         raise ConfigError(f"{path}: the file is empty; expected a mapping of {what} fields")

@@ -108,7 +108,6 @@ class PPOAgent(FactoredPolicy, Learner):
         self.value = value_net(self.features.dim, self.config.hidden)
         params = list(self.policy.parameters()) + list(self.value.parameters())
         self.opt = torch.optim.Adam(params, lr=self.config.lr, eps=1e-5)
-        self.steps_done = 0
         self.total_steps = 0  # the budget of the current learn call (for the learning-rate schedule)
 
     # ---- policy ------------------------------------------------------------------------------------------------

@@ -83,7 +83,6 @@ class ReinforceAgent(FactoredPolicy, Learner):
                 {"params": self.value.parameters(), "lr": self.config.value_lr},
             ]
         )
-        self.steps_done = 0
 
     # ---- policy ------------------------------------------------------------------------------------------------
     def _logits(self, obs: np.ndarray) -> list[torch.Tensor]:
