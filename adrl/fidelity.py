@@ -115,7 +115,7 @@ class FidelityReport:
 def _quantities(r: Response, rewards: RewardTable, slot: np.ndarray, creative: np.ndarray) -> np.ndarray:
     """(n, len(QUANTITIES)): pCTR, pCTCVR, pLeave and the expected immediate reward of each impression."""
     ctcvr = r.p_ctcvr
-    reward = rewards.expected(r.p_click, ctcvr, slot, creative)
+    reward = rewards.expected(r.p_click, ctcvr, slot, creative, r.p_leave)
     return np.stack([r.p_click, ctcvr, r.p_leave, reward], axis=1).astype(np.float64)
 
 

@@ -116,6 +116,7 @@ def _scenario(r: QuickstartResult) -> str:
             ("decision epochs", f"{sc.horizon} h"),
             ("delays", ", ".join(f"{d} h" for d in sc.delays)),
             ("actions", sc.n_actions),
+            ("price of a lost user", f"{sc.rewards.churn_cost:g}"),
         )
     )
     seg = _table(
@@ -132,7 +133,15 @@ def _scenario(r: QuickstartResult) -> str:
         ["slot", "attention", "annoyance", "cost"],
         [[html.escape(s.name), f"{s.attention:g}", f"{s.annoyance:g}", f"{s.cost:g}"] for s in sc.slots],
     )
-    return f'<div class="cards">{cards}</div>{seg}{slots}<p class=muted>scenario hash {sc.content_hash}</p>'
+    rw = sc.rewards
+    reward = (
+        f"<p>Reward of an ad: {rw.click_value:g} per click + {rw.conversion_weight:g} × the creative's conversion "
+        f"value per conversion − the slot's cost − {rw.churn_cost:g} when the user leaves after it "
+        "(<code>rewards.churn_cost</code>, the value of the days a lost user would have come back"
+        + ("; 0 lets a policy burn users out for free" if not rw.churn_cost else "")
+        + ").</p>"
+    )
+    return f'<div class="cards">{cards}</div>{reward}{seg}{slots}<p class=muted>scenario hash {sc.content_hash}</p>'
 
 
 def _logs(r: QuickstartResult) -> str:

@@ -89,26 +89,36 @@ class Slot(_Model):
 
 
 class Rewards(_Model):
-    """Reward = click_value * click + conversion_weight * creative.conversion_value * conversion - slot.cost."""
+    """Reward = click_value * click + conversion_weight * creative.conversion_value * conversion - slot.cost
+    - churn_cost * leave."""
 
     click_value: float = Field(0.1, ge=0, le=1000)
     conversion_weight: float = Field(1.0, ge=0, le=1000)
+    churn_cost: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="price of a user who leaves (the value of the days they would have come back), charged on the "
+        "impression after which they leave; 0 lets a policy burn users out for free",
+    )
 
 
 class RewardTable:
     """The reward of a market, realised and expected: the one place its formula is written.
 
-    r = click_value · click + conversion_reward[creative] · conversion − slot_cost[slot] for a shown ad (0 for none),
-    with conversion_reward = conversion_weight · creative.conversion_value. Its expectation is linear in
-    P(click) and P(click and conversion) = pCTCVR. Index arguments broadcast like numpy fancy indexing.
+    r = click_value · click + conversion_reward[creative] · conversion − slot_cost[slot] − churn_cost · leave for a
+    shown ad (0 for none), with conversion_reward = conversion_weight · creative.conversion_value. Its expectation is
+    linear in P(click), P(click and conversion) = pCTCVR and P(leave). Index arguments broadcast like numpy fancy
+    indexing. The server's feedback carries no leave, so the reward it logs is the one without the churn cost.
     """
 
-    __slots__ = ("click_value", "conversion_reward", "slot_cost")
+    __slots__ = ("churn_cost", "click_value", "conversion_reward", "slot_cost")
 
     def __init__(self, rewards: Rewards, creatives: tuple[Creative, ...], slots: tuple[Slot, ...]) -> None:
         self.click_value = rewards.click_value
         self.conversion_reward = rewards.conversion_weight * np.array([c.conversion_value for c in creatives])
         self.slot_cost = np.array([s.cost for s in slots], dtype=np.float64)
+        self.churn_cost = float(rewards.churn_cost)
 
     def revenue(self, click: np.ndarray, conversion: np.ndarray, creative: np.ndarray) -> np.ndarray:
         """click_value · click + conversion_reward[creative] · conversion (the reward before the slot's cost)."""
@@ -121,14 +131,31 @@ class RewardTable:
         slot: np.ndarray,
         creative: np.ndarray,
         shown: np.ndarray | None = None,
+        leave: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The reward of outcomes; 0 where ``shown`` is False (a delay that ran past the day shows nothing)."""
+        """The reward of outcomes; 0 where ``shown`` is False (a delay that ran past the day shows nothing).
+        ``leave`` (the user left after this impression) is charged ``churn_cost`` when the market prices it."""
         reward = self.revenue(click, conversion, creative) - self.slot_cost[slot]
+        if self.churn_cost and leave is not None:
+            reward = reward - self.churn_cost * leave
         return reward if shown is None else np.where(shown, reward, 0.0)
 
-    def expected(self, p_click: np.ndarray, p_ctcvr: np.ndarray, slot: np.ndarray, creative: np.ndarray) -> np.ndarray:
-        """E[r] of showing ``creative`` in ``slot`` = click_value · pCTR + conversion_reward · pCTCVR − cost."""
-        return self.click_value * p_click + self.conversion_reward[creative] * p_ctcvr - self.slot_cost[slot]
+    def expected(
+        self,
+        p_click: np.ndarray,
+        p_ctcvr: np.ndarray,
+        slot: np.ndarray,
+        creative: np.ndarray,
+        p_leave: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """E[r] of showing ``creative`` in ``slot`` = click_value · pCTR + conversion_reward · pCTCVR − cost
+        − churn_cost · pLeave (``p_leave`` is needed when the market prices churn)."""
+        value = self.click_value * p_click + self.conversion_reward[creative] * p_ctcvr - self.slot_cost[slot]
+        if self.churn_cost:
+            if p_leave is None:
+                raise ValueError("this market prices churn (rewards.churn_cost > 0): expected() needs p_leave")
+            value = value - self.churn_cost * p_leave
+        return value
 
 
 class Dynamics(_Model):

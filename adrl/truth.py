@@ -26,7 +26,9 @@ def true_action_values(world: World, batch: UserBatch) -> np.ndarray:
     :func:`check_truth` compares them with those methods on sampled actions.
     """
     p_click, p_conv, _, _, shown = _response(world, batch)
-    value = world.scenario.reward_table.expected(p_click, p_click * p_conv, *_broadcast_slots_creatives(world))
+    value = world.scenario.reward_table.expected(
+        p_click, p_click * p_conv, *_broadcast_slots_creatives(world), _leave(world, batch)
+    )
     return np.where(shown, value, 0.0).reshape(len(batch), -1)
 
 
@@ -39,10 +41,14 @@ def true_reward_moments(world: World, batch: UserBatch) -> tuple[np.ndarray, np.
     """
     p_click, p_conv, c, cost, shown = _response(world, batch)
     rewards = world.scenario.reward_table
-    mean = rewards.expected(p_click, p_click * p_conv, *_broadcast_slots_creatives(world))
+    p_leave = _leave(world, batch)
+    mean = rewards.expected(p_click, p_click * p_conv, *_broadcast_slots_creatives(world), p_leave)
     v = rewards.click_value
     gain = p_click * (v + c * p_conv)  # E[r + cost], for the second moment
     r2 = cost**2 - 2.0 * cost * gain + p_click * (v * v + 2.0 * v * c * p_conv + c * c * p_conv)
+    if p_leave is not None:  # r − k·leave, leave drawn independently of the click: E[(r − kL)²]
+        k = rewards.churn_cost
+        r2 = r2 - 2.0 * k * p_leave * (gain - cost) + k * k * p_leave
     n = len(batch)
     return np.where(shown, mean, 0.0).reshape(n, -1), np.where(shown, r2, 0.0).reshape(n, -1)
 
@@ -67,6 +73,14 @@ def _response(world: World, batch: UserBatch) -> tuple[np.ndarray, ...]:
     rewards = sc.reward_table
     return (p_click, p_conv[:, None, None, :], rewards.conversion_reward[creative], rewards.slot_cost[slot],
             (at < sc.horizon)[:, :, None, None])  # fmt: skip
+
+
+def _leave(world: World, batch: UserBatch) -> np.ndarray | None:
+    """P(leave) (n, D, S, C) after the impression, or None when the market does not price churn (not needed)."""
+    if not world.scenario.reward_table.churn_cost:
+        return None
+    fatigue = batch.fatigue[:, None] * world.decay_per_hour ** world.delays[None, :]  # (n, D)
+    return world.leave_grid(fatigue, batch.segment, batch.creative_counts.astype(np.float64))
 
 
 def _broadcast_slots_creatives(world: World) -> tuple[np.ndarray, np.ndarray]:

@@ -208,12 +208,25 @@ class World:
         seen = batch.creative_counts[np.arange(len(creative)), creative]
         return self._annoyance_of[batch.segment, slot] * (1.0 + self.dyn.wearout * seen)
 
+    def leave_grid(self, fatigue: np.ndarray, segment: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """P(leave) after an impression of every (delay, slot, creative), shape (n, D, S, C), from the fatigue at each
+        delay's impression epoch (n, D), the segment (n,) and how often each creative was already shown (n, C):
+        the leave formula of :meth:`probabilities`, broadcast (dtype follows ``fatigue``)."""
+        dt = fatigue.dtype
+        increment = self._annoyance_of[segment].astype(dt)[:, :, None] * (
+            1 + dt.type(self.dyn.wearout) * seen[:, None, :]
+        )
+        logit = dt.type(self.dyn.base_leave_logit) + self._leave_slope[segment].astype(dt)[:, None, None, None] * (
+            fatigue[:, :, None, None] + increment[:, None, :, :]
+        )
+        return _sigmoid(logit)
+
     def fatigue_increment(self, segment: np.ndarray, slot: np.ndarray, seen: np.ndarray) -> np.ndarray:
         return self.annoyance[slot] * self.fatigue_sens[segment] * (1.0 + self.dyn.wearout * seen)
 
     def expected_reward(self, response: Response, action: np.ndarray) -> np.ndarray:
         """Immediate expected reward of ``action`` under ``response`` (before any delay overrun)."""
-        return self._rewards.expected(response.p_click, response.p_ctcvr, action[:, 1], action[:, 2])
+        return self._rewards.expected(response.p_click, response.p_ctcvr, action[:, 1], action[:, 2], response.p_leave)
 
     # ---- dynamics ----------------------------------------------------------------------------------------
     def check_actions(self, action: np.ndarray) -> np.ndarray:
@@ -261,7 +274,7 @@ class World:
         click = shown & hit[:, 0]
         conversion = click & hit[:, 1]
         leave = shown & hit[:, 2]
-        reward = self._rewards.realised(click, conversion, s, c)
+        reward = self._rewards.realised(click, conversion, s, c, leave=leave)
         hour = self.hour_of_epoch[at]
         # bookkeeping (observable history and hidden fatigue)
         if np.count_nonzero(shown) == n:

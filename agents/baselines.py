@@ -114,6 +114,9 @@ class WorldValueModel:
         value = f32(rw.click_value) + f32(rw.conversion_weight) * self._conv_value32[None, :] * p_conv  # (n, C)
         q *= value[:, None, None, :]
         q -= self._cost32[None, None, :, None]
+        churn_cost = sc.reward_table.churn_cost
+        if churn_cost:  # − churn_cost · P(leave after the impression), the world's formula at the estimated fatigue
+            q -= f32(churn_cost) * w.leave_grid(fatigue, seg, np.asarray(obs[:, self._creatives], dtype=f32))
         return q
 
 

@@ -28,6 +28,7 @@ from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeat
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.reinforce import FactoredPolicyNet, value_net
 from adrl.agents.torch_io import load_torch_state, save_torch_state
+from adrl.behavior.training import torch_threads
 from adrl.errors import ArtifactError
 from adrl.scenario import Scenario
 
@@ -49,9 +50,10 @@ class PPOConfig:
     grad_clip: float = 0.5
     anneal_lr: bool = True
     log_every: int = 200_000
+    threads: int = 1  # torch threads while learning: small nets gain little from more, lose a lot on busy cores
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "rollout_steps", "update_epochs", "n_minibatches", "log_every"):
+        for name in ("hidden", "rollout_steps", "update_epochs", "n_minibatches", "log_every", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -122,6 +124,10 @@ class PPOAgent(FactoredPolicy, Learner):
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:
         """Train on a Gymnasium vector env (next-step autoreset) until ``total_steps`` user-decisions."""
+        with torch_threads(self.config.threads):  # small nets lose a lot on oversubscribed cores
+            return self._learn(env, total_steps, callback=callback, seed=seed)
+
+    def _learn(self, env: Any, total_steps: int, *, callback: Any, seed: int | None) -> Self:
         c = self.config
         torch.manual_seed(int(self.rng.integers(2**31)) if seed is None else seed)
         self.total_steps = total_steps

@@ -22,6 +22,7 @@ from torch import nn
 from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
+from adrl.behavior.training import torch_threads
 from adrl.errors import ArtifactError
 from adrl.scenario import Scenario
 
@@ -34,9 +35,10 @@ class ReinforceConfig:
     entropy_coef: float = 0.01
     grad_clip: float = 1.0
     log_every: int = 200_000
+    threads: int = 1  # torch threads while learning: small nets gain little from more, lose a lot on busy cores
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "log_every"):
+        for name in ("hidden", "log_every", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "value_lr", "grad_clip"):
@@ -96,6 +98,10 @@ class ReinforceAgent(FactoredPolicy, Learner):
     # ---- learning ----------------------------------------------------------------------------------------------
     def learn(self, env: Any, total_steps: int, *, callback: Any = None, seed: int | None = None) -> Self:
         """Train on a Gymnasium vector env until ``total_steps`` user-decisions (counting earlier ones on resume)."""
+        with torch_threads(self.config.threads):  # small nets lose a lot on oversubscribed cores
+            return self._learn(env, total_steps, callback=callback, seed=seed)
+
+    def _learn(self, env: Any, total_steps: int, *, callback: Any, seed: int | None) -> Self:
         c = self.config
         torch.manual_seed(int(self.rng.integers(2**31)) if seed is None else seed)
         n = int(env.num_envs)  # each update starts from reset(), so the env's autoreset mode never matters

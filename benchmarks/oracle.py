@@ -57,9 +57,6 @@ class OraclePlanner:
         self.targets = self.actions[self.actions[:, 0] == 0][:, 1:]  # every (slot, creative)
         self.delays = self.world.delays
         self.decay = self.world.decay_per_hour
-        rw = scenario.rewards
-        self._click_value = rw.click_value
-        self._conv_reward = rw.conversion_weight * self.world.conversion_value  # (C,)
 
     # ---- the exact expected dynamics --------------------------------------------------------------------------
     def _reward_and_leave(self, batch: UserBatch, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,8 +64,7 @@ class OraclePlanner:
         r = self.world.probabilities(batch, action)
         at = batch.epoch + self.delays[action[:, 0]]
         shown = at < self.scenario.horizon
-        value = r.p_click * (self._click_value + self._conv_reward[action[:, 2]] * r.p_conversion)
-        value -= self.world.slot_cost[action[:, 1]]
+        value = self.world.expected_reward(r, action)  # the market's reward, with its price of a lost user
         return np.where(shown, value, 0.0), np.where(shown, r.p_leave, 0.0), shown
 
     def _advance(self, batch: UserBatch, action: np.ndarray, shown: np.ndarray) -> None:

@@ -40,8 +40,8 @@ from adrl.behavior.training import (
     FitConfig,
     _make_net,
     _scan,
-    _torch_threads,
     _train,
+    torch_threads,
 )
 from adrl.errors import ArtifactError, ConfigError
 from adrl.features import FeatureLayout
@@ -126,9 +126,7 @@ class EnsembleResponse:
         self.penalty = float(penalty)
         self.leave_value = float(leave_value)
         self.provenance = dict(provenance or {})
-        rw = scenario.rewards
-        self._click_value = rw.click_value
-        self._conv_value = rw.conversion_weight * np.array([c.conversion_value for c in scenario.creatives])
+        self._rewards = scenario.reward_table
         self.last_disagreement: np.ndarray = np.zeros(0)
 
     @property
@@ -147,8 +145,7 @@ class EnsembleResponse:
         """(n,) disagreement of member probabilities ``probs`` (K, 3, n) for ``action`` (n, 3)."""
         if probs.shape[0] < 2:
             return np.zeros(probs.shape[2])
-        value = self._click_value + self._conv_value[np.asarray(action)[:, 2]] * probs[:, 1]  # (K, n)
-        reward = probs[:, 0] * value
+        reward = self._rewards.revenue(probs[:, 0], probs[:, 0] * probs[:, 1], np.asarray(action)[:, 2])  # (K, n)
         return reward.std(axis=0) + self.leave_value * probs[:, 2].std(axis=0)
 
     def probabilities_from_obs(self, obs: np.ndarray, action: np.ndarray) -> Response:
@@ -286,7 +283,7 @@ def fit_ensemble(
                 w = cast(torch.nn.Embedding, emb).weight
                 w.copy_(torch.randn(tuple(w.shape), generator=gen) * ens.prior_std)
         batches = _bootstrap_batches(data, weights, member_cfg.batch_size)
-        with _torch_threads(member_cfg.threads):
+        with torch_threads(member_cfg.threads):
             history = _train(net, batches, val, (True, True, True), member_cfg, np.random.default_rng(train_ss),
                              int(weights.sum()), False, None)  # fmt: skip
         members.append(

@@ -84,7 +84,8 @@ class LearnedResponse:
 class BehaviorValueModel:
     """:class:`~adrl.agents.baselines.ValueModel` from a behavior model: immediate expected reward of every action.
 
-    reward(a) = click_value * pCTR + conversion_weight * conversion_value(creative) * pCTCVR - cost(slot).
+    reward(a) = click_value * pCTR + conversion_weight * conversion_value(creative) * pCTCVR - cost(slot)
+    - churn_cost * pLeave.
     """
 
     def __init__(self, model: BehaviorModel, scenario: Scenario, *, chunk: int = 2048) -> None:
@@ -108,8 +109,8 @@ class BehaviorValueModel:
             o = obs[i : i + step]
             rep = np.repeat(o, k, axis=0)
             act = np.tile(grid, (o.shape[0], 1))
-            p_click, p_ctcvr, _ = self.model.predict(rep, act)
-            value = self.rewards.expected(p_click, p_ctcvr, act[:, 1], act[:, 2])
+            p_click, p_ctcvr, p_leave = self.model.predict(rep, act)
+            value = self.rewards.expected(p_click, p_ctcvr, act[:, 1], act[:, 2], p_leave)
             out[i : i + step] = value.reshape(o.shape[0], k)
         return out.reshape(obs.shape[0], len(d_idx), sc.n_slots, sc.n_creatives)
 

@@ -400,7 +400,7 @@ def fit_adrl(
     rates[1] = rates[1] / max(rates[0], 1e-9)  # the cvr logit starts at conversions per click
     heads = (True, True, True)
     net = _make_net(source.encoder.spec, cfg, mean, std, rates, torch_seed)
-    with _torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
+    with torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
         history = _train(net, source.train_batches, val, heads, cfg, rng, scan.n_train, progress, console)
     notes = []
     if len(val) < n_val_all:
@@ -585,7 +585,7 @@ def fit_obd(
         for i in range(0, len(perm), cfg.batch_size):
             yield fit_enc.take(perm[i : i + cfg.batch_size])
 
-    with _torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
+    with torch_threads(cfg.threads):  # small nets gain little from more, and lose a lot on busy cores
         history = _train(net, batches, stop_enc, heads, cfg, rng, len(fit_enc), progress, console)
     # baselines see all of the earlier part (they need no early-stopping set)
     train_enc = Encoded.concat([fit_enc, stop_enc])
@@ -648,7 +648,7 @@ def _validation_loss(net: BehaviorNet, val: Encoded, heads: tuple[bool, bool, bo
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch threads, then restore the previous count."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -39,12 +39,15 @@ def register(app: typer.Typer) -> None:
                 t.add_row(e.name, f"{m.mean_return:.4f}", f"[{m.ci_low:.4f}, {m.ci_high:.4f}]", f"{m.ctr:.2%}",
                           f"{m.impressions_per_user:.2f}", f"{m.churn_rate:.1%}", style=style)  # fmt: skip
             console.print(t)
-            o = r.ope[r.best]
-            dr = o["estimates"].get("dr", {})
-            if dr:
+            if r.selected:
+                est = r.ope[r.selected]["estimated_return"]
+                true_best = r.ope[r.best]["true_return"]
+                picked = r.ope[r.selected]["true_return"]
+                regret = (true_best - picked) / abs(true_best) if true_best else float("nan")
                 console.print(
-                    f"off-policy DR estimate for {r.best}: {dr['value']:.4f} per decision "
-                    f"(true {o['true_per_decision']:.4f})"
+                    f"offline selection ({est['estimator']}, return per user-day): {r.selected}, estimated "
+                    f"{est['value']:.4f} [{est['lower']:.4f}, {est['upper']:.4f}], true {picked:.4f}; true best "
+                    f"{r.best} ({true_best:.4f}), regret {regret:.1%}\n{r.selection.get('message', '')}"
                 )
             console.print(f"\nreport: {r.report}\nbest policy ({r.best}): {r.best_policy}")
             console.print(

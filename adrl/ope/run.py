@@ -115,12 +115,29 @@ def parse_estimators(spec: str | Sequence[str]) -> list[str]:
 
 
 def target_probabilities(
-    data: LoggedData, probs: TargetProbs, *, chunk: int = 65_536, keep: bool = False
-) -> tuple[np.ndarray, sp.csr_matrix | None]:
-    """π_e(a_i|x_i) of every logged action (n,), and all of π_e(·|x_i) as sparse rows when ``keep``."""
+    data: LoggedData,
+    probs: TargetProbs,
+    *,
+    chunk: int = 65_536,
+    keep: bool = False,
+    folds: Sequence[tuple[QFunction, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, sp.csr_matrix | None, tuple[np.ndarray, np.ndarray] | None]:
+    """π_e(a_i|x_i) of every logged action (n,), all of π_e(·|x_i) as sparse rows when ``keep``, and, given
+    reward-model ``folds``, the model terms ``(q_logged, q_target)`` of every row from the model of the fold holding
+    it. The target's probabilities are computed once per chunk and shared by all three (they are the costly part
+    for a policy that ranks actions with a behavior model)."""
     n = data.n
     target_prob = np.empty(n)
     kept: list[sp.csr_matrix] = []
+    fold_of = np.full(n, -1, dtype=np.int64)
+    models: list[QFunction] = []
+    for k, (q, rows) in enumerate(folds or ()):
+        fold_of[rows] = k
+        models.append(MaskedQ(q, data.zero_reward) if data.zero_reward is not None else q)
+    if folds is not None and np.any(fold_of < 0):
+        raise ValueError("the reward-model folds must cover every logged row")
+    q_logged = np.empty(n) if folds is not None else None
+    q_target = np.empty(n) if folds is not None else None
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         p = np.asarray(probs(data.obs[lo:hi]), dtype=np.float64)
@@ -132,7 +149,15 @@ def target_probabilities(
         target_prob[lo:hi] = p[np.arange(hi - lo), data.action[lo:hi]]
         if keep:
             kept.append(sp.csr_matrix(p))
-    return target_prob, (sp.vstack(kept, format="csr") if keep else None)
+        if q_logged is not None and q_target is not None:
+            for k, model in enumerate(models):
+                local = np.flatnonzero(fold_of[lo:hi] == k)
+                if local.size:
+                    idx = lo + local
+                    ql, qt = q_terms(model, data.obs[idx], data.action[idx], p[local])
+                    q_logged[idx], q_target[idx] = ql, qt
+    terms = (q_logged, q_target) if q_logged is not None and q_target is not None else None
+    return target_prob, (sp.vstack(kept, format="csr") if keep else None), terms
 
 
 def model_terms(
@@ -143,16 +168,9 @@ def model_terms(
     chunk: int = 65_536,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(q_logged, q_target)`` of every row from the model of the fold holding it."""
-    q_logged = np.empty(data.n)
-    q_target = np.empty(data.n)
-    for q, rows in folds:
-        model: QFunction = MaskedQ(q, data.zero_reward) if data.zero_reward is not None else q
-        for lo in range(0, rows.size, chunk):
-            idx = rows[lo : lo + chunk]
-            obs = data.obs[idx]
-            ql, qt = q_terms(model, obs, data.action[idx], np.asarray(probs(obs), dtype=np.float64))
-            q_logged[idx], q_target[idx] = ql, qt
-    return q_logged, q_target
+    terms = target_probabilities(data, probs, chunk=chunk, folds=folds)[2]
+    assert terms is not None
+    return terms
 
 
 def evaluate(
@@ -194,20 +212,20 @@ def evaluate(
     bandit = [ESTIMATORS[k]() for k in names if issubclass(ESTIMATORS[k], BanditEstimator)]
     episodic = [k for k in names if not issubclass(ESTIMATORS[k], BanditEstimator)]
     need_probs_matrix = any(ESTIMATORS[k].needs_probs_matrix for k in episodic)
-    target_prob, probs_matrix = target_probabilities(data, probs, keep=need_probs_matrix)
     estimates: dict[str, Estimate] = {}
     model_name = "none"
-    ql = qt = None
+    folds: list[tuple[QFunction, np.ndarray]] | None = None
     if any(e.needs_model for e in bandit):
         if q is not None:
-            folds: list[tuple[QFunction, np.ndarray]] = [(q, np.arange(data.n))]
+            folds = [(q, np.arange(data.n))]
             model_name = "given"
         else:
             spec = reward_model or default_reward_model(data)
             folds = cross_fit(spec, data.obs, data.action, data.reward, n_folds=n_folds, rng=fold_rng,
                               groups=data.episode_id)  # fmt: skip
             model_name = f"ridge per action (alpha={spec.alpha:g}), {n_folds}-fold cross-fitted"
-        ql, qt = model_terms(data, probs, folds)
+    target_prob, probs_matrix, terms = target_probabilities(data, probs, keep=need_probs_matrix, folds=folds)
+    ql, qt = terms if terms is not None else (None, None)
     results = estimate_all(
         _ordered(bandit, names), data.reward, data.propensity, target_prob, ql, qt, rng=boot_rng, alpha=alpha,
         n_boot=n_boot, groups=data.episode_id,  # decisions of one user-day are resampled together
