@@ -252,7 +252,7 @@ def _ope(r: QuickstartResult) -> str:
     for name, o in r.ope.items():
         for est, e in o["estimates"].items():
             scope = e.get("scope") or ("per-decision" if est in ("dm", "ips", "snips", "dr", "sndr") else "episode")
-            truth = o["true_per_decision"] if scope == "per-decision" else o["true_return"]
+            truth = o.get("true_per_decision", float("nan")) if scope == "per-decision" else o["true_return"]
             value = e["value"]
             rel = abs(value - truth) / abs(truth) if truth else float("nan")
             covered = e["lower"] <= truth <= e["upper"]
@@ -260,10 +260,10 @@ def _ope(r: QuickstartResult) -> str:
                          f"{truth:.4f}", f"{rel:.1%}", "yes" if covered else "no",
                          _fmt(e.get("ess"), ",.0f")])  # fmt: skip
     note = (
-        "<p>Per-decision estimators (DM, IPS, SNIPS, DR, SNDR) estimate the mean immediate reward the policy "
-        "would earn on the logged decisions; their truth replays the logging simulation and scores the policy's "
-        "actions on the users' hidden state. Episode estimators (PDIS, WIS) estimate the return per "
-        "user-day; their truth is the ground-truth evaluation above.</p>"
+        "<p>Beside it, the whole-episode importance-weighted estimators (PDIS, WIS) of the same return per user-day, "
+        "with their effective sample size in episodes: the reference that needs no model, and how little of the log "
+        "a sequential policy's weights leave. One-step values (DM, IPS, DR, ...) answer another question, the mean "
+        "immediate reward per logged decision: <code>adrl ope --estimand step</code>.</p>"
     )
     header = ["policy", "estimator", "scope", "estimate", "95% CI", "true value", "rel. error", "CI covers", "ESS"]
     return _ope_returns(r) + note + _table(header, rows)

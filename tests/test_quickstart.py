@@ -35,6 +35,18 @@ def test_quickstart_prints_the_table_and_next_commands(quickstart: tuple[Path, s
     ):
         assert name in text
     assert "adrl serve --policy" in text and "adrl.load_policy(" in text and "report:" in text
+    assert "offline selection" in text and "regret" in text  # the pick a user without ground truth would make
+
+
+def test_offline_selection_estimates_the_return_per_user_day(quickstart: tuple[Path, str]) -> None:
+    out, _ = quickstart
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["selected"] in summary["policies"] and summary["best"] in summary["policies"]
+    for name, o in summary["ope"].items():
+        est = o["estimated_return"]
+        assert est["lower"] <= est["value"] <= est["upper"] and est["estimator"] == "model"
+        assert o["true_return"] == summary["policies"][name]["mean_return"]
+        assert {"pdis", "wis"} <= set(o["estimates"])  # the importance-weighted references, same estimand
 
 
 def test_best_policy_loads_and_decides(quickstart: tuple[Path, str]) -> None:
@@ -56,7 +68,7 @@ def test_report_is_self_contained_and_has_every_section(quickstart: tuple[Path, 
         assert f'id="{key}"' in page and title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 4  # calibration, curves, policies, best
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing fetched or run
-    for name in ("reinforce", "ppo_native", "greedy", "pacing", "tuned_pacing", "random", "dr", "wis"):
+    for name in ("reinforce", "ppo_native", "greedy", "pacing", "tuned_pacing", "random", "pdis", "wis"):
         assert f"<td>{name}</td>" in page
 
 
