@@ -30,7 +30,7 @@ def _market(**social: object) -> Scenario:
     return Scenario(
         segments=(Segment(name="all", share=1.0, interest_spread=0.0),),
         dynamics=Dynamics(affinity_weight=0.0),
-        social=Social(**params),  # type: ignore[arg-type]
+        social=Social(**params),
     )
 
 
