@@ -43,7 +43,7 @@ from adrl.ope.run import evaluate as ope_evaluate
 from adrl.scenario import Scenario, Social
 from adrl.simulate import simulate_viral
 
-DEGREE_BINS = (0, 5, 10, 20, 50, 10**9)
+DEGREE_BINS = (0, 7, 12, 25, 60, 10**9)  # friends; the scale-free graph gives everyone at least 5
 
 
 def viral_scenario(*, sharing: bool = True) -> Scenario:
@@ -147,10 +147,12 @@ def ope_error(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=2000, help="users of the graph (training and evaluation)")
-    ap.add_argument("--steps", type=int, default=1_500_000, help="training user-decisions per agent")
+    ap.add_argument("--users", type=int, default=2000, help="users of the training graph (and of the OPE logs)")
+    ap.add_argument("--eval-users", type=int, default=5000, help="users of each evaluation population")
+    ap.add_argument("--log-users", type=int, default=10_000, help="users of the share head's logs")
+    ap.add_argument("--steps", type=int, default=3_000_000, help="training user-decisions per agent")
     ap.add_argument("--agents", nargs="+", default=["reinforce", "ppo_native"], choices=["reinforce", "ppo_native"])
-    ap.add_argument("--eval-seeds", type=int, default=8)
+    ap.add_argument("--eval-seeds", type=int, default=16)
     ap.add_argument("--log-days", type=int, default=10, help="population days of the OPE and share-head logs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -168,7 +170,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 agent = make_agent(name, sc, args.seed).learn(ViralVectorEnv(args.users, sc), args.steps)
                 row[f"train_seconds_{env_name}"] = round(time.perf_counter() - t0, 1)
-                runs[env_name] = [evaluate_on_viral(agent, viral_sc, args.users, s) for s in eval_seeds]
+                runs[env_name] = [evaluate_on_viral(agent, viral_sc, args.eval_users, s) for s in eval_seeds]
                 trained[f"{name}/{env_name}"] = agent
             row["evaluated_on_viral"] = paired(
                 [r["return"] for r in runs["viral"]], [r["return"] for r in runs["base"]]
@@ -177,7 +179,7 @@ def main() -> None:
             row["mix_by_friends"] = {k: v[0]["mix"] for k, v in runs.items()}
             result["agents"][name] = row
         logs = Path(tmp) / "viral.parquet"
-        simulate_viral(viral_sc, n_users=args.users, n_days=args.log_days, out=logs, seed=3)
+        simulate_viral(viral_sc, n_users=args.log_users, n_days=args.log_days, out=logs, seed=3)
         share = fit_share_head(logs, viral_sc, FitConfig(epochs=15, seed=0))
         result["share_head"] = {
             "clicks_train": share.n_train,

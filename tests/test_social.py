@@ -230,3 +230,13 @@ def test_bad_social_settings_name_the_field() -> None:
         scenario_from_dict({"social": {"shareability": {"nope": 1.0}}})
     with pytest.raises(ConfigError, match=r"social\.graph"):
         scenario_from_dict({"social": {"graph": "ring"}})
+
+
+def test_training_resolves_the_viral_id_to_a_population_of_n_envs_users() -> None:
+    from adrl.training import make_vector_env, resolve_env
+
+    spec = resolve_env(VIRAL_ID, None, None)
+    envs = make_vector_env(spec, 64)
+    assert spec.scenario.social is not None and isinstance(envs, ViralVectorEnv) and envs.num_envs == 64
+    with pytest.raises(ConfigError, match="--behavior is for"):
+        resolve_env(VIRAL_ID, None, "runs/behavior")
