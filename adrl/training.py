@@ -270,9 +270,7 @@ def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: P
         from adrl.envs.viral import social_scenario
 
         return EnvSpec(env_id, social_scenario(scenario))
-    raise ConfigError(
-        f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r}, {LEARNED_ID!r} or {VIRAL_ID!r}"
-    )
+    raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r}, {LEARNED_ID!r} or {VIRAL_ID!r}")
 
 
 def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
