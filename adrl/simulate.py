@@ -42,6 +42,34 @@ class SimulationSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_totals(cls, totals: dict[str, float], n_users: int, seconds: float, out: Path | str) -> SimulationSummary:
+        """The summary of ``n_users`` user-days from the sums kept by :func:`_add_to_totals`."""
+        imps = int(totals["impressions"])
+        return cls(
+            n_users=n_users,
+            n_decisions=int(totals["decisions"]),
+            n_impressions=imps,
+            ctr=totals["clicks"] / max(imps, 1),
+            conversion_rate=totals["conversions"] / max(totals["clicks"], 1),
+            churn_rate=totals["leaves"] / n_users,
+            impressions_per_user=imps / n_users,
+            mean_return=totals["reward"] / n_users,
+            seconds=seconds,
+            impressions_per_second=imps / seconds if seconds > 0 else float("inf"),
+            out=str(out),
+        )
+
+
+def _add_to_totals(totals: dict[str, float], cols: dict[str, Any]) -> None:
+    """Add one chunk of logged columns to the running sums of a simulation."""
+    totals["decisions"] += len(cols["step"])
+    totals["impressions"] += int(cols["shown"].sum())
+    totals["clicks"] += int(cols["click"].sum())
+    totals["conversions"] += int(cols["conversion"].sum())
+    totals["leaves"] += int(cols["leave"].sum())
+    totals["reward"] += float(cols["reward"].sum())
+
 
 def make_logging_policy(
     name: str, scenario: Scenario, *, epsilon: float | Sequence[float] = 0.3
@@ -151,12 +179,7 @@ def _drain_one(
     n, job = pending.popleft()
     for cols in job.result():
         writer.write(cols)
-        totals["decisions"] += len(cols["step"])
-        totals["impressions"] += int(cols["shown"].sum())
-        totals["clicks"] += int(cols["click"].sum())
-        totals["conversions"] += int(cols["conversion"].sum())
-        totals["leaves"] += int(cols["leave"].sum())
-        totals["reward"] += float(cols["reward"].sum())
+        _add_to_totals(totals, cols)
     bar.advance(task, n)
 
 
@@ -235,22 +258,7 @@ def simulate(
         finally:
             for _, job in pending:
                 job.cancel()
-    seconds = time.perf_counter() - start
-
-    imps = int(totals["impressions"])
-    return SimulationSummary(
-        n_users=n_users,
-        n_decisions=int(totals["decisions"]),
-        n_impressions=imps,
-        ctr=totals["clicks"] / max(imps, 1),
-        conversion_rate=totals["conversions"] / max(totals["clicks"], 1),
-        churn_rate=totals["leaves"] / n_users,
-        impressions_per_user=imps / n_users,
-        mean_return=totals["reward"] / n_users,
-        seconds=seconds,
-        impressions_per_second=imps / seconds if seconds > 0 else float("inf"),
-        out=str(out),
-    )
+    return SimulationSummary.from_totals(totals, n_users, time.perf_counter() - start, out)
 
 
 def simulate_viral(
@@ -302,27 +310,8 @@ def simulate_viral(
                     truth=(info["p_click"][rows], info["p_conversion"][rows], info["p_leave"][rows]),
                 )  # fmt: skip
                 writer.write(cols)
-                totals["decisions"] += rows.size
-                totals["impressions"] += int(cols["shown"].sum())
-                totals["clicks"] += int(cols["click"].sum())
-                totals["conversions"] += int(cols["conversion"].sum())
-                totals["leaves"] += int(cols["leave"].sum())
-                totals["reward"] += float(cols["reward"].sum())
+                _add_to_totals(totals, cols)
                 alive &= ~(terminated | truncated)
                 obs = next_obs
                 step += 1
-    seconds = time.perf_counter() - start
-    imps, days = int(totals["impressions"]), n * n_days
-    return SimulationSummary(
-        n_users=days,
-        n_decisions=int(totals["decisions"]),
-        n_impressions=imps,
-        ctr=totals["clicks"] / max(imps, 1),
-        conversion_rate=totals["conversions"] / max(totals["clicks"], 1),
-        churn_rate=totals["leaves"] / days,
-        impressions_per_user=imps / days,
-        mean_return=totals["reward"] / days,
-        seconds=seconds,
-        impressions_per_second=imps / seconds if seconds > 0 else float("inf"),
-        out=str(out),
-    )
+    return SimulationSummary.from_totals(totals, n * n_days, time.perf_counter() - start, out)

@@ -226,7 +226,6 @@ class ViralAdPlacementEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = None
         self._user = -1
         self._done = True
-        self._obs: np.ndarray | None = None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -254,5 +253,5 @@ class ViralAdPlacementEnv(gym.Env[np.ndarray, np.ndarray]):
         obs, reward, terminated, truncated, info = pop.step(actions)
         u = self._user
         self._done = bool(terminated[u] or truncated[u])
-        step_info = {k: info[k][u].item() for k in info if not k.startswith("_") and k in info}
+        step_info = {k: v[u].item() for k, v in info.items() if not k.startswith("_")}  # plain Python values
         return obs[u], float(reward[u]), bool(terminated[u]), bool(truncated[u]), step_info
