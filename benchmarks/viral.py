@@ -13,8 +13,10 @@ travel ones not (−1). The base env is the same market with α = β = 0: the sa
    binned by their number of friends.
 3. The share head (adrl.behavior.share) against a logistic regression on the same inputs: AUC and log loss of
    P(share | click) on validation users of a viral-env log.
-4. OPE with sharing on: per-user estimators (pdis, wis, wdr) of the viral-trained REINFORCE from ε-greedy logs,
-   against its true return per user-day on the same env; the same with sharing off (α = β = 0) for contrast.
+4. OPE with sharing on: per-user estimators (pdis, wis, wdr) from ε-greedy logs, against the true return per
+   user-day on the same env, for two targets: an ε-greedy policy near the logger (enough support: the error left
+   is the interference) and the viral-trained REINFORCE (far from the logger); the same with sharing off
+   (α = β = 0) for contrast.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
+from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy
 from adrl.agents.ppo import PPOAgent, PPOConfig
 from adrl.agents.reinforce import ReinforceAgent
 from adrl.behavior import FitConfig
@@ -43,6 +46,8 @@ from adrl.ope.run import evaluate as ope_evaluate
 from adrl.scenario import Scenario, Social
 from adrl.simulate import simulate_viral
 
+LOGGER_EPSILON = (1.0, 0.8, 0.6)  # ε-greedy logger of the OPE logs (delay, slot, creative)
+NEAR_LOGGER_EPSILON = (0.7, 0.5, 0.4)
 DEGREE_BINS = (0, 7, 12, 25, 60, 10**9)  # friends; the scale-free graph gives everyone at least 5
 
 
@@ -116,33 +121,35 @@ def make_agent(name: str, sc: Scenario, seed: int) -> Any:
     return PPOAgent(sc, PPOConfig(), seed=seed)
 
 
-def ope_error(
-    target: Any, sc: Scenario, n_users: int, log_days: int, eval_seeds: list[int], out: Path
+def ope_errors(
+    targets: dict[str, Any], sc: Scenario, n_users: int, log_days: int, eval_seeds: list[int], out: Path
 ) -> dict[str, Any]:
-    """Per-user return estimators of ``target`` from ε-greedy logs of ``sc`` against its true return there."""
-    summary = simulate_viral(sc, n_users=n_users, n_days=log_days, out=out, epsilon=(1.0, 0.8, 0.6), seed=11)
+    """Per-user return estimators of each target from ε-greedy logs of ``sc`` against its true return there."""
+    summary = simulate_viral(sc, n_users=n_users, n_days=log_days, out=out, epsilon=LOGGER_EPSILON, seed=11)
     data = read_adrl_logs(out, ViralVectorEnv(n_users, sc).layout)
     names = ["pdis", "wis", "wdr"]
-    res = ope_evaluate(data, target.action_probabilities, names, rng=np.random.default_rng(0), n_boot=200)
-    truth = [evaluate_on_viral(target, sc, n_users, s)["return"] for s in eval_seeds]
-    true_value = float(np.mean(truth))
     z = NormalDist().inv_cdf(0.975)
-    out_d: dict[str, Any] = {
-        "logged_days": summary.n_users,
-        "logged_return": round(summary.mean_return, 4),
-        "true_return": round(true_value, 4),
-        "true_return_ci95_halfwidth": round(z * float(np.std(truth, ddof=1)) / math.sqrt(len(truth)), 4),
-        "note": interference_note(out),
-    }
-    for name in names:
-        e = res.estimates[name]
-        out_d[name] = {
-            "estimate": round(e.value, 4),
-            "ci95": [round(e.lower, 4), round(e.upper, 4)],
-            "relative_error": round((e.value - true_value) / abs(true_value), 4),
-            "covers_truth": bool(e.lower <= true_value <= e.upper),
+    result: dict[str, Any] = {
+        "logged_days": summary.n_users, "logged_return": round(summary.mean_return, 4), "note": interference_note(out)
+    }  # fmt: skip
+    for target_name, target in targets.items():
+        res = ope_evaluate(data, target.action_probabilities, names, rng=np.random.default_rng(0), n_boot=200)
+        truth = [evaluate_on_viral(target, sc, n_users, s)["return"] for s in eval_seeds]
+        true_value = float(np.mean(truth))
+        row: dict[str, Any] = {
+            "true_return": round(true_value, 4),
+            "true_return_ci95_halfwidth": round(z * float(np.std(truth, ddof=1)) / math.sqrt(len(truth)), 4),
         }
-    return out_d
+        for name in names:
+            e = res.estimates[name]
+            row[name] = {
+                "estimate": round(e.value, 4),
+                "ci95": [round(e.lower, 4), round(e.upper, 4)],
+                "relative_error": round((e.value - true_value) / abs(true_value), 4),
+                "covers_truth": bool(e.lower <= true_value <= e.upper),
+            }
+        result[target_name] = row
+    return result
 
 
 def main() -> None:
@@ -153,7 +160,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3_000_000, help="training user-decisions per agent")
     ap.add_argument("--agents", nargs="+", default=["reinforce", "ppo_native"], choices=["reinforce", "ppo_native"])
     ap.add_argument("--eval-seeds", type=int, default=16)
-    ap.add_argument("--log-days", type=int, default=10, help="population days of the OPE and share-head logs")
+    ap.add_argument("--log-days", type=int, default=10, help="population days of the OPE logs")
+    ap.add_argument("--share-log-days", type=int, default=50, help="population days of the share head's logs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -179,7 +187,7 @@ def main() -> None:
             row["mix_by_friends"] = {k: v[0]["mix"] for k, v in runs.items()}
             result["agents"][name] = row
         logs = Path(tmp) / "viral.parquet"
-        simulate_viral(viral_sc, n_users=args.log_users, n_days=args.log_days, out=logs, seed=3)
+        simulate_viral(viral_sc, n_users=args.log_users, n_days=args.share_log_days, out=logs, seed=3)
         share = fit_share_head(logs, viral_sc, FitConfig(epochs=15, seed=0))
         result["share_head"] = {
             "clicks_train": share.n_train,
@@ -188,13 +196,19 @@ def main() -> None:
         }
         m, lr = share.metrics["model"], share.metrics["logistic_regression"]
         result["share_head"]["beats_logistic_regression"] = bool(m.auc > lr.auc and m.log_loss < lr.log_loss)
-        target = trained[f"{args.agents[0]}/viral"]
+        targets = {
+            # close to the logger, so the estimators have the support they need: what is left is interference
+            "near_logger": EpsilonGreedyPolicy(GreedyPolicy(viral_sc), NEAR_LOGGER_EPSILON, seed=5),
+            f"{args.agents[0]}_viral": trained[f"{args.agents[0]}/viral"],
+        }
         result["ope"] = {
-            "target": f"{args.agents[0]} trained on the viral env",
-            "sharing_on": ope_error(target, viral_sc, args.users, args.log_days, eval_seeds,
-                                    Path(tmp) / "ope_on.parquet"),
-            "sharing_off": ope_error(target, base_sc, args.users, args.log_days, eval_seeds,
-                                     Path(tmp) / "ope_off.parquet"),
+            "logger_epsilon": list(LOGGER_EPSILON),
+            "targets": {"near_logger": f"epsilon-greedy {list(NEAR_LOGGER_EPSILON)}",
+                        f"{args.agents[0]}_viral": f"{args.agents[0]} trained on the viral env"},
+            "sharing_on": ope_errors(targets, viral_sc, args.users, args.log_days, eval_seeds,
+                                     Path(tmp) / "ope_on.parquet"),
+            "sharing_off": ope_errors(targets, base_sc, args.users, args.log_days, eval_seeds,
+                                      Path(tmp) / "ope_off.parquet"),
         }  # fmt: skip
     result["met"] = {
         **{f"{k}_viral_beats_base": v["evaluated_on_viral"]["difference"]["ci95"][0] > 0
