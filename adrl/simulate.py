@@ -306,7 +306,7 @@ def simulate_viral(
                     step=np.full(rows.size, step, dtype=np.int32), hour=info["hour"][rows], action=action[rows],
                     propensity=prop[rows], components=np.stack([pd, ps, pc], axis=1)[rows],
                     shown=info["shown"][rows], click=info["click"][rows], conversion=info["conversion"][rows],
-                    leave=info["leave"][rows], reward=reward[rows], share=info["share"][rows],
+                    leave=info["leave"][rows], reward=reward[rows], share=(info["share"][rows], info["p_share"][rows]),
                     truth=(info["p_click"][rows], info["p_conversion"][rows], info["p_leave"][rows]),
                 )  # fmt: skip
                 writer.write(cols)

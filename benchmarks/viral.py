@@ -12,7 +12,7 @@ travel ones not (−1). The base env is the same market with α = β = 0: the sa
 2. What they do differently: the share of impressions in each slot and of shareable (games) creatives for users
    binned by their number of friends.
 3. The share head (adrl.behavior.share) against a logistic regression on the same inputs: AUC and log loss of
-   P(share | click) on validation users of a viral-env log.
+   P(share | click) on validation users of a viral-env log, beside the true probabilities (the ceiling).
 4. OPE with sharing on: per-user estimators (pdis, wis, wdr) from ε-greedy logs, against the true return per
    user-day on the same env, for two targets: an ε-greedy policy near the logger (enough support: the error left
    is the interference) and the viral-trained REINFORCE (far from the logger); the same with sharing off

@@ -25,8 +25,8 @@ on a graph that does not fix segments); later days differ only because the base 
 
 Observation: the base env's (``FeatureLayout`` of a social market), whose last two features are ``friends_log``
 = log1p(number of friends) and ``shared_with_me`` = creatives friends have shared with the user today.
-``info`` adds ``share`` (bool), ``reached`` (organic exposures the decision caused) and ``organic_conversions``
-(credited to it), each with its ``_key`` mask.
+``info`` adds ``share`` (bool), ``p_share`` (the true P(share | click) of the ad shown), ``reached`` (organic
+exposures the decision caused) and ``organic_conversions`` (credited to it), each with its ``_key`` mask.
 
 The single-user id (``gym.make``) is :class:`ViralAdPlacementEnv`: one user of the population per episode,
 while every other user of the graph acts uniformly at random.
@@ -50,7 +50,7 @@ from adrl.scenario import Scenario, Social, resolve_scenario
 from adrl.social import NOT_EXPOSED, Cascade, Propagation, SocialGraph, build_graph, edge_list_size
 from adrl.world import Response, StepResult, UserBatch, World
 
-VIRAL_INFO_KEYS = ("share", "reached", "organic_conversions")
+VIRAL_INFO_KEYS = ("share", "p_share", "reached", "organic_conversions")
 
 
 def social_scenario(scenario: Scenario | Path | str | None) -> Scenario:
@@ -127,6 +127,7 @@ class ViralVectorEnv(AdPlacementVectorEnv):
         self._persons: UserBatch | None = None
         self._social_rng = np.random.default_rng(0)
         self._share = np.zeros(self.num_envs, dtype=bool)
+        self._p_share = np.zeros(self.num_envs)
         self._cascade: Cascade | None = None
 
     @property
@@ -157,14 +158,15 @@ class ViralVectorEnv(AdPlacementVectorEnv):
         if self.autoreset_mode is AutoresetMode.NEXT_STEP and self._autoreset.any():
             clicked = clicked & ~self._autoreset  # these slots' step is discarded: it shares nothing
         rows = np.flatnonzero(clicked)
-        creative = actions[rows, 2].astype(np.int64)
+        shown_creative = actions[:, 2].astype(np.int64)  # World.step checked the actions
         share = np.zeros(self.num_envs, dtype=bool)
-        share[rows] = self._social_rng.random(rows.size) < self.propagation.p_share[rows, creative]
+        p_share = self.propagation.p_share[np.arange(self.num_envs), shown_creative]  # given a click
+        share[rows] = self._social_rng.random(rows.size) < p_share[rows]
         sharers = np.flatnonzero(share)
-        c = actions[sharers, 2].astype(np.int64)
+        c = shown_creative[sharers]
         at = batch.epoch[sharers] - 1  # the impression's epoch (the step moved the user past it)
         cascade = self.propagation.cascade(sharers, c, at, self.exposed, self._social_rng)
-        self._share, self._cascade = share, cascade
+        self._share, self._p_share, self._cascade = share, p_share, cascade
         return res._replace(reward=res.reward + cascade.credit)
 
     def _observe(self, batch: UserBatch, rows: np.ndarray | None = None) -> np.ndarray:
@@ -180,7 +182,7 @@ class ViralVectorEnv(AdPlacementVectorEnv):
         cascade = self._cascade
         assert cascade is not None
         for key, value in zip(
-            VIRAL_INFO_KEYS, (self._share, cascade.reached, cascade.organic_conversions), strict=True
+            VIRAL_INFO_KEYS, (self._share, self._p_share, cascade.reached, cascade.organic_conversions), strict=True
         ):
             info[key], info[f"_{key}"] = value, valid
         return info

@@ -63,6 +63,7 @@ def test_the_share_head_learns_p_share_given_click_and_round_trips(viral_logs: P
     m = report.metrics["model"]
     assert report.n_train > 0 and report.n_validation > 0
     assert 0.5 < m.auc <= 1.0 and np.isfinite(report.metrics["logistic_regression"].log_loss)
+    assert report.metrics["truth"].log_loss <= m.log_loss + 0.05  # the logged true P(share | click) is the ceiling
     report.model.save(tmp_path / "share")
     loaded = BehaviorModel.load(tmp_path / "share")
     df = pq.read_table(viral_logs).to_pandas().head(50)

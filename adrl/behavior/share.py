@@ -42,7 +42,7 @@ HEADS_ON = (True, False, False)  # the first ("click") head carries P(share | cl
 @dataclass
 class ShareReport:
     model: BehaviorModel
-    metrics: dict[str, HeadMetrics]  # "model", "logistic_regression" on the validation users' clicks
+    metrics: dict[str, HeadMetrics]  # "model", "logistic_regression" (and "truth") on the validation users' clicks
     n_train: int
     n_validation: int
     seconds: float
@@ -102,5 +102,7 @@ def fit_share_head(logs: Path | str, scenario: Scenario, cfg: FitConfig | None =
     p_lr = lr.predict_proba(_design(val, cards, mean, std))[:, 1]
     y = val.labels[:, 0]
     metrics = {"model": head_metrics(y, p_model), "logistic_regression": head_metrics(y, p_lr)}
+    if "p_share" in df:  # the ceiling: the true probabilities of the same rows
+        metrics["truth"] = head_metrics(y, df["p_share"].to_numpy(dtype=np.float64)[is_val])
     model.metrics = {"share": {k: v.as_dict() for k, v in metrics.items()}}
     return ShareReport(model, metrics, len(train), len(val), time.perf_counter() - start)
