@@ -23,6 +23,10 @@ Kind = Literal["categorical", "continuous", "count"]
 SIGNAL_BOUND = 4.0
 WINDOWS = (1, 6, 24)  # hours covered by the impression-count features
 LOG_PREFIX = "x_"  # feature columns in logs are named x_<feature>
+FRIENDS_LOG_CAP = 10.0  # log1p(friends) is capped here (22,000 friends)
+# last columns of a social market's observation: log1p(number of friends) and creatives friends shared today. The
+# population env fills them; a user outside it (the single-user ids, the server) has no friends: both are 0.
+SOCIAL_FEATURES = ("friends_log", "shared_with_me")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class FeatureLayout:
     delays: tuple[int, ...]
     start_hour: int = 0
     exposure_half_life: float = 3.0  # hours; the decay of the exposure features
+    social: bool = False  # the market has a social graph: two more observation features (see SOCIAL_FEATURES)
 
     @classmethod
     def from_scenario(cls, sc: Scenario) -> FeatureLayout:
@@ -75,6 +80,11 @@ class FeatureLayout:
         # earlier showings today. Bounds: at most one impression an hour, so a geometric series caps both.
         obs += [Feature(f"exposure_{s.name}", "continuous", 0, cap) for s in sc.slots]
         obs += [Feature(f"repeat_exposure_{s.name}", "continuous", 0, cap * cap) for s in sc.slots]
+        if sc.social is not None:
+            obs += [
+                Feature(SOCIAL_FEATURES[0], "continuous", 0, FRIENDS_LOG_CAP),
+                Feature(SOCIAL_FEATURES[1], "count", 0, sc.n_creatives),
+            ]
         action = (
             Feature("delay", "categorical", 0, sc.n_delays - 1),
             Feature("slot", "categorical", 0, sc.n_slots - 1),
@@ -99,6 +109,7 @@ class FeatureLayout:
             delays=sc.delays,
             start_hour=sc.start_hour,
             exposure_half_life=sc.dynamics.fatigue_half_life,
+            social=sc.social is not None,
         )
 
     # ---- derived ---------------------------------------------------------------------------------------
@@ -131,6 +142,7 @@ class FeatureLayout:
         return self.index(f"creative_count_{self.creatives[0]}")
 
     def to_dict(self) -> dict[str, object]:
+        social = {"social": True} if self.social else {}  # absent for markets without a graph: same hash as before
         return {
             "obs": [[f.name, f.kind, f.low, f.high] for f in self.obs],
             "action": [[f.name, f.kind, f.low, f.high] for f in self.action],
@@ -142,6 +154,7 @@ class FeatureLayout:
             "delays": list(self.delays),
             "start_hour": self.start_hour,
             "exposure_half_life": self.exposure_half_life,
+            **social,
         }
 
     @cached_property
@@ -192,7 +205,10 @@ class FeatureLayout:
         j += len(self.slots)
         out[:, j : j + len(self.creatives)] = batch.creative_counts
         j += len(self.creatives)
-        np.multiply(batch.exposure_acc, decay.take(batch.epoch, mode="clip")[:, None], out=out[:, j:])
+        end = j + 2 * len(self.slots)
+        np.multiply(batch.exposure_acc, decay.take(batch.epoch, mode="clip")[:, None], out=out[:, j:end])
+        if self.social:
+            out[:, end:] = 0.0  # no friends outside the population env, which fills these columns
         np.maximum(out, low, out=out)  # caps every feature, e.g. hours_since_last_ad at a day
         np.minimum(out, high, out=out)
         return out
@@ -224,6 +240,11 @@ class FeatureLayout:
         k = len(self.slots)
         out[:, 8 : 8 + 2 * k] = obs[:, self.exposure_cols] * self.exposure_decay_of_delay[d][:, None]
         return out
+
+    @cached_property
+    def social_cols(self) -> np.ndarray:
+        """Observation columns of SOCIAL_FEATURES (empty without a graph)."""
+        return np.array([self.index(n) for n in SOCIAL_FEATURES] if self.social else [], dtype=np.intp)
 
     @cached_property
     def exposure_cols(self) -> np.ndarray:

@@ -59,7 +59,12 @@ SERVING_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
     ("policy_version", pa.string(), False),
     ("defaulted", pa.bool_(), False),
 )
-OPTIONAL_COLUMNS = TRUTH_COLUMNS + SERVING_COLUMNS
+# logs of a market with a social graph: the user shared the ad after clicking it (the population env's logs)
+SOCIAL_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("share", pa.bool_(), False),
+    ("p_share", pa.float64(), False),  # the true P(share | click) (synthetic logs)
+)
+OPTIONAL_COLUMNS = TRUTH_COLUMNS + SERVING_COLUMNS + SOCIAL_COLUMNS
 
 
 def feature_columns(layout: FeatureLayout) -> list[str]:
@@ -84,6 +89,7 @@ def logged_columns(
     reward: Any,
     truth: tuple[Any, Any, Any] | None = None,
     serving: tuple[Any, Any, Any] | None = None,
+    share: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The one builder of logged rows: a chunk of ``n`` decisions as ``{column: values}`` for :class:`LogWriter`.
 
@@ -93,6 +99,8 @@ def logged_columns(
         components: (n, 3) per-component propensities (delay, slot, creative); ``propensity`` is the joint.
         truth: true (p_click, p_conversion, p_leave) of synthetic logs.
         serving: (event_id, policy_version, defaulted) of the policy server's log.
+        share: (share, p_share): whether the user shared the ad and its true probability given a click (logs of
+            a market with a social graph).
         The other arguments are per-row values, shape (n,) (scalars broadcast).
     """
     action = np.asarray(action)
@@ -119,20 +127,25 @@ def logged_columns(
         cols.update(zip((n for n, _, _ in TRUTH_COLUMNS), truth, strict=True))
     if serving is not None:
         cols.update(zip((n for n, _, _ in SERVING_COLUMNS), serving, strict=True))
+    if share is not None:
+        cols.update(zip((n for n, _, _ in SOCIAL_COLUMNS), share, strict=True))
     obs_columns = np.ascontiguousarray(np.asarray(obs).T)  # contiguous columns: arrow takes them without a copy
     for j, name in enumerate(layout.obs_names):
         cols[LOG_PREFIX + name] = obs_columns[j]
     return cols
 
 
-def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = False) -> pa.Schema:
-    """The Arrow schema of a log for ``layout``; ``truth`` adds true probabilities, ``serving`` server columns."""
+def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = False, share: bool = False) -> pa.Schema:
+    """The Arrow schema of a log for ``layout``; ``truth`` adds true probabilities, ``serving`` server columns,
+    ``share`` the share outcome and its true probability."""
     cols = [pa.field(n, t, nullable=not req) for n, t, req in CORE_COLUMNS]
     cols += [pa.field(c, pa.float32(), nullable=False) for c in feature_columns(layout)]
     if truth:
         cols += [pa.field(n, t) for n, t, _ in TRUTH_COLUMNS]
     if serving:
         cols += [pa.field(n, t) for n, t, _ in SERVING_COLUMNS]
+    if share:
+        cols += [pa.field(n, t) for n, t, _ in SOCIAL_COLUMNS]
     meta = {
         "adrl.schema_version": str(SCHEMA_VERSION),
         "adrl.layout_hash": layout.hash,
@@ -155,10 +168,11 @@ class LogWriter(AbstractContextManager["LogWriter"]):
         *,
         truth: bool = False,
         serving: bool = False,
+        share: bool = False,
         scenario_hash: str | None = None,
     ) -> None:
         self.path = Path(path)
-        schema = log_schema(layout, truth=truth, serving=serving)
+        schema = log_schema(layout, truth=truth, serving=serving, share=share)
         if scenario_hash is not None:
             schema = schema.with_metadata({**(schema.metadata or {}), b"adrl.scenario_hash": scenario_hash.encode()})
         self.schema = schema

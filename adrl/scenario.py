@@ -11,7 +11,7 @@ import itertools
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import yaml
@@ -175,6 +175,55 @@ class Dynamics(_Model):
     latent_noise: float = Field(0.25, ge=0, le=10, description="spread of generated creative latents")
 
 
+class Social(_Model):
+    """A social graph over the users and how shares spread on it (``adrl/AdPlacement-Viral-v0``; see ``adrl.social``).
+
+    A click is shared with P(share | click) = σ(share_logit + share_affinity_weight · affinity + shareability[c]);
+    a share by i reaches friend j with P(i→j) = α·S(i,j)/D(j) + β·C(i,j)/N(j) (S: tie strength, D(j): j's total
+    tie strength, C: interest similarity, N(j): j's friend count). A reached friend clicks organically with
+    σ(organic_click_logit + affinity_weight · affinity), then converts and shares as after an ad click, and keeps
+    a lift on the click and conversion logits of that creative for the rest of the day.
+    """
+
+    graph: Literal["sbm", "small_world", "scale_free", "edges"] = Field(
+        "sbm", description="sbm: stochastic block model by segment; small_world: Watts-Strogatz; scale_free: "
+        "Barabasi-Albert; edges: the edge list file `edges`"
+    )  # fmt: skip
+    n_users: int = Field(1000, ge=2, le=10_000_000, description="graph size when the env is not given num_envs")
+    mean_degree: float = Field(10.0, gt=0, le=1000, description="expected friends per user (generated graphs)")
+    within_segment: float = Field(0.8, ge=0, le=1, description="sbm: share of a user's friends in their segment")
+    rewiring: float = Field(0.1, ge=0, le=1, description="small_world: probability of rewiring each edge")
+    edges: str | None = Field(None, description="graph=edges: text file of 'i j [tie_strength]' lines, ids 0..n-1")
+    tie_strength: tuple[float, float] = Field((0.2, 1.0), description="generated S(i, j) ~ Uniform(low, high)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of tie strength in P(i→j)")
+    beta: float = Field(0.3, ge=0, le=1, description="weight of interest similarity in P(i→j)")
+    share_logit: float = Field(-1.0, ge=-20, le=20, description="share logit given a click, before affinity")
+    share_affinity_weight: float = Field(1.0, ge=0, le=20, description="share logit per unit of interest·latent")
+    shareability: dict[str, float] = Field(
+        default_factory=dict, description="creative name -> added to its share logit (missing: 0)"
+    )
+    organic_click_logit: float = Field(-1.0, ge=-20, le=20, description="click logit of a shared ad, before affinity")
+    click_lift: float = Field(1.0, ge=0, le=10, description="click logit added for a creative a friend shared")
+    conversion_lift: float = Field(0.5, ge=0, le=10, description="conversion logit added for a shared creative")
+    max_hops: int = Field(3, ge=1, le=16, description="cascade depth; also the attribution window (one hour a hop)")
+    seed: int = Field(0, ge=0, description="seed of the generated graph and tie strengths")
+
+    @field_validator("tie_strength")
+    @classmethod
+    def _positive_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 < v[0] <= v[1] <= 1000.0):
+            raise ValueError(f"must be (low, high) with 0 < low <= high <= 1000, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.alpha + self.beta > 1.0:
+            raise ValueError(f"alpha + beta must be <= 1 so that P(i→j) <= 1, got {self.alpha:g} + {self.beta:g}")
+        if (self.graph == "edges") != (self.edges is not None):
+            raise ValueError("social.edges (a file) is required with graph: edges, and only then")
+        return self
+
+
 def _default_segments() -> tuple[Segment, ...]:
     return (
         Segment(
@@ -247,6 +296,7 @@ class Scenario(_Model):
     slots: tuple[Slot, ...] = Field(default_factory=_default_slots, min_length=1)
     rewards: Rewards = Field(default_factory=Rewards)
     dynamics: Dynamics = Field(default_factory=Dynamics)
+    social: Social | None = Field(None, description="a social graph and sharing (None: users live alone)")
 
     @field_validator("delays")
     @classmethod
@@ -284,6 +334,11 @@ class Scenario(_Model):
                     f"segments.{i}.interest has unknown category {unknown[0]!r}; "
                     f"expected keys from {list(self.categories)}"
                 )
+        if self.social is not None:
+            names = {c.name for c in self.creatives}
+            unknown = sorted(set(self.social.shareability) - names)
+            if unknown:
+                raise ValueError(f"social.shareability names unknown creative {unknown[0]!r}")
         if self.delays[-1] >= self.horizon:
             raise ValueError(f"delays: largest delay {self.delays[-1]} must be shorter than horizon {self.horizon}")
         return self
@@ -330,7 +385,9 @@ class Scenario(_Model):
     @cached_property
     def content_hash(self) -> str:
         """Stable sha256 of the canonical JSON of every field (same market, same hash, across runs)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # a market without a social graph hashes as it did before the field existed
+        dump = self.model_dump(mode="json", exclude={"social"} if self.social is None else None)
+        blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def creative_latents(self) -> np.ndarray:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adrl.actions import component_probabilities, flat_index, uniform_actions
 from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy, component_epsilons, sample_actions
+from adrl.envs.viral import ViralVectorEnv
 from adrl.errors import ConfigError
 from adrl.features import FeatureLayout
 from adrl.logs import LogWriter, logged_columns
@@ -40,6 +41,34 @@ class SimulationSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_totals(cls, totals: dict[str, float], n_users: int, seconds: float, out: Path | str) -> SimulationSummary:
+        """The summary of ``n_users`` user-days from the sums kept by :func:`_add_to_totals`."""
+        imps = int(totals["impressions"])
+        return cls(
+            n_users=n_users,
+            n_decisions=int(totals["decisions"]),
+            n_impressions=imps,
+            ctr=totals["clicks"] / max(imps, 1),
+            conversion_rate=totals["conversions"] / max(totals["clicks"], 1),
+            churn_rate=totals["leaves"] / n_users,
+            impressions_per_user=imps / n_users,
+            mean_return=totals["reward"] / n_users,
+            seconds=seconds,
+            impressions_per_second=imps / seconds if seconds > 0 else float("inf"),
+            out=str(out),
+        )
+
+
+def _add_to_totals(totals: dict[str, float], cols: dict[str, Any]) -> None:
+    """Add one chunk of logged columns to the running sums of a simulation."""
+    totals["decisions"] += len(cols["step"])
+    totals["impressions"] += int(cols["shown"].sum())
+    totals["clicks"] += int(cols["click"].sum())
+    totals["conversions"] += int(cols["conversion"].sum())
+    totals["leaves"] += int(cols["leave"].sum())
+    totals["reward"] += float(cols["reward"].sum())
 
 
 def make_logging_policy(
@@ -150,12 +179,7 @@ def _drain_one(
     n, job = pending.popleft()
     for cols in job.result():
         writer.write(cols)
-        totals["decisions"] += len(cols["step"])
-        totals["impressions"] += int(cols["shown"].sum())
-        totals["clicks"] += int(cols["click"].sum())
-        totals["conversions"] += int(cols["conversion"].sum())
-        totals["leaves"] += int(cols["leave"].sum())
-        totals["reward"] += float(cols["reward"].sum())
+        _add_to_totals(totals, cols)
     bar.advance(task, n)
 
 
@@ -234,19 +258,60 @@ def simulate(
         finally:
             for _, job in pending:
                 job.cancel()
-    seconds = time.perf_counter() - start
+    return SimulationSummary.from_totals(totals, n_users, time.perf_counter() - start, out)
 
-    imps = int(totals["impressions"])
-    return SimulationSummary(
-        n_users=n_users,
-        n_decisions=int(totals["decisions"]),
-        n_impressions=imps,
-        ctr=totals["clicks"] / max(imps, 1),
-        conversion_rate=totals["conversions"] / max(totals["clicks"], 1),
-        churn_rate=totals["leaves"] / n_users,
-        impressions_per_user=imps / n_users,
-        mean_return=totals["reward"] / n_users,
-        seconds=seconds,
-        impressions_per_second=imps / seconds if seconds > 0 else float("inf"),
-        out=str(out),
+
+def simulate_viral(
+    scenario: Scenario,
+    *,
+    n_users: int,
+    n_days: int,
+    out: Path | str,
+    logging_policy: LoggingPolicyName | object = "epsilon-greedy",
+    epsilon: float | Sequence[float] = 0.3,
+    seed: int | None = 0,
+) -> SimulationSummary:
+    """Log ``n_days`` days of the population env (``adrl/AdPlacement-Viral-v0``: ``n_users`` users of the scenario's
+    graph living the day together) under a logging policy; the log carries a ``share`` column.
+
+    Each day is a fresh reset of the population (its own seed spawned from ``seed``); every user's day is logged
+    (``episode_id`` = day · n_users + user, ``user_id`` = day · n_users + user), and a user whose day ended keeps
+    acting in their next day, unlogged, until the last user's day ends. Rewards include the organic conversions
+    credited to a share (see :mod:`adrl.envs.viral`): users interfere, which per-user off-policy estimators do not
+    model.
+    """
+    if n_days < 1:
+        raise ValueError(f"n_days must be >= 1, got {n_days}")
+    env = ViralVectorEnv(n_users, scenario)
+    sc, layout = env.scenario, env.layout
+    policy = (
+        make_logging_policy(logging_policy, sc, epsilon=epsilon) if isinstance(logging_policy, str) else logging_policy
     )
+    n = env.num_envs
+    totals = dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
+    start = time.perf_counter()
+    with LogWriter(out, layout, truth=True, share=True, scenario_hash=sc.content_hash) as writer:
+        for day, stream in enumerate(np.random.SeedSequence(seed).spawn(n_days)):
+            env_seed, policy_stream = stream.spawn(2)
+            rng = np.random.default_rng(policy_stream)
+            obs, _ = env.reset(seed=int(env_seed.generate_state(1)[0]))
+            alive = np.ones(n, dtype=bool)
+            step = 0
+            while alive.any():
+                action, prop, (pd, ps, pc) = logged_actions(policy, obs, rng)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                rows = np.flatnonzero(alive)
+                cols = logged_columns(
+                    layout, obs=obs[rows], episode_id=day * n + rows, user_id=day * n + rows,
+                    step=np.full(rows.size, step, dtype=np.int32), hour=info["hour"][rows], action=action[rows],
+                    propensity=prop[rows], components=np.stack([pd, ps, pc], axis=1)[rows],
+                    shown=info["shown"][rows], click=info["click"][rows], conversion=info["conversion"][rows],
+                    leave=info["leave"][rows], reward=reward[rows], share=(info["share"][rows], info["p_share"][rows]),
+                    truth=(info["p_click"][rows], info["p_conversion"][rows], info["p_leave"][rows]),
+                )  # fmt: skip
+                writer.write(cols)
+                _add_to_totals(totals, cols)
+                alive &= ~(terminated | truncated)
+                obs = next_obs
+                step += 1
+    return SimulationSummary.from_totals(totals, n * n_days, time.perf_counter() - start, out)

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adrl.agents.factory import load_preset, make_agent
 from adrl.agents.registry import Score, load_policy_artifact
 from adrl.envs.pessimistic import PessimisticVectorEnv
-from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
+from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID, VIRAL_ID
 from adrl.errors import ConfigError
 from adrl.evaluation import simulator_score
 from adrl.io import atomic_open, read_yaml_mapping
@@ -246,7 +246,9 @@ class EnvSpec:
 
 
 def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: Path | str | None) -> EnvSpec:
-    """Check ``env_id`` and load what it needs: ``adrl/AdPlacement-Learned-v0`` requires a behavior model."""
+    """Check ``env_id`` and load what it needs: ``adrl/AdPlacement-Learned-v0`` requires a behavior model;
+    ``adrl/AdPlacement-Viral-v0`` runs the ground truth on a graph of ``n_envs`` users (the default social section
+    when the scenario has none)."""
     if env_id == GROUND_TRUTH_ID:
         if behavior is not None:
             raise ConfigError(f"--behavior is for {LEARNED_ID}; {GROUND_TRUTH_ID} is the ground-truth world")
@@ -262,7 +264,13 @@ def resolve_env(env_id: str, scenario: Path | str | Scenario | None, behavior: P
             EnsembleResponse.load(behavior, sc) if is_ensemble(behavior) else LearnedResponse.load(behavior, sc)
         )
         return EnvSpec(env_id, response.scenario, response, Path(behavior))
-    raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r} or {LEARNED_ID!r}")
+    if env_id == VIRAL_ID:
+        if behavior is not None:
+            raise ConfigError(f"--behavior is for {LEARNED_ID}; {VIRAL_ID} runs the ground-truth world on a graph")
+        from adrl.envs.viral import social_scenario
+
+        return EnvSpec(env_id, social_scenario(scenario))
+    raise ConfigError(f"unknown environment {env_id!r}; expected {GROUND_TRUTH_ID!r}, {LEARNED_ID!r} or {VIRAL_ID!r}")
 
 
 def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:

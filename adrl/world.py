@@ -145,10 +145,15 @@ class World:
         self._horizon = sc.horizon
 
     # ---- users -----------------------------------------------------------------------------------------
-    def sample_users(self, n: int, rng: np.random.Generator) -> UserBatch:
-        """``n`` fresh users at the start of their day; draws segment, interest, signal in that order."""
+    def sample_users(self, n: int, rng: np.random.Generator, *, segment: np.ndarray | None = None) -> UserBatch:
+        """``n`` fresh users at the start of their day; draws segment, interest, signal in that order.
+
+        A given ``segment`` (n,) (a social graph's blocks) is kept and not drawn; interest and signal still are."""
         sc = self.scenario
-        segment = rng.choice(sc.n_segments, size=n, p=self.segment_share).astype(np.int64)
+        if segment is None:
+            segment = rng.choice(sc.n_segments, size=n, p=self.segment_share).astype(np.int64)
+        else:
+            segment = np.array(segment, dtype=np.int64)
         noise = rng.standard_normal((n, sc.n_categories))
         interest = self.interest_mean[segment] + self.interest_spread[segment, None] * noise
         signal = interest + self.dyn.signal_noise * rng.standard_normal((n, sc.n_categories))

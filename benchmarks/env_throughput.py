@@ -5,8 +5,11 @@ env at batch 1, 256 and 4096 for the ground truth and for a learned behavior mod
 run as a reference. Every figure is the best of ``--repeats`` timed runs (other work on the machine only slows a
 run down). Actions are uniform random and drawn before timing.
 
+The population env ``adrl/AdPlacement-Viral-v0`` runs on a ``--viral-users`` graph (default 100,000 users; the
+default social section: block model by segment, 10 friends on average), shares and cascades included.
+
 Goals on 2 cores: vector >= 2,000,000 user-steps/s (ground truth) and >= 1,000,000 (learned) at batch 4096;
-single env >= 20,000 steps/s.
+single env >= 20,000 steps/s; viral env >= 500,000 user-steps/s on the 100,000-user graph.
 
 BLAS threads are limited to ``--blas-threads`` (default 1) for the whole run: the learned model's small matmuls
 gain nothing from more threads, and OpenBLAS worker threads spinning on a busy 2-core machine slow them ~15x.
@@ -29,8 +32,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import adrl  # noqa: F401  (registers the ids)
-from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
-from adrl.scenario import Scenario
+from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID, VIRAL_ID
+from adrl.scenario import Scenario, Social
 
 Rate = tuple[float, float]  # per wall-clock second, per CPU second of this process
 
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best is reported")
     parser.add_argument("--behavior", type=Path, default=None, help="a fitted behavior model (default: fit one)")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS thread limit for the whole run")
+    parser.add_argument("--viral-users", type=int, default=100_000, help="users of the viral env's graph")
     args = parser.parse_args()
     with threadpool_limits(limits=args.blas_threads), tempfile.TemporaryDirectory() as tmp:
         behavior = args.behavior or fit_behavior_model(Path(tmp))
@@ -117,7 +121,11 @@ def main() -> None:
                 vector_runs[f"{backend}/batch_{n}"] = functools.partial(
                     vector_env_rate, env_id, n, args.seconds, **kwargs
                 )
-        vector: dict[str, dict[str, Any]] = {"ground_truth": {}, "learned": {}}
+        viral_scenario = Scenario(social=Social())
+        vector_runs[f"viral/users_{args.viral_users}"] = functools.partial(
+            vector_env_rate, VIRAL_ID, args.viral_users, args.seconds, scenario=viral_scenario
+        )
+        vector: dict[str, dict[str, Any]] = {"ground_truth": {}, "learned": {}, "viral": {}}
         for key, rates in interleaved(vector_runs, args.repeats).items():
             backend, batch = key.split("/")
             vector[backend][batch] = report(rates, "user_steps")
@@ -130,6 +138,7 @@ def main() -> None:
             "single_env_steps_per_second": 20_000,
             "vector_ground_truth_batch_4096": 2_000_000,
             "vector_learned_batch_4096": 1_000_000,
+            "viral_users_100000": 500_000,
         },
         "single_env": single,
         "vector_env": vector,
@@ -137,6 +146,7 @@ def main() -> None:
             "single_env": single["gym_make"]["steps_per_second"] >= 20_000,
             "vector_ground_truth": vector["ground_truth"]["batch_4096"]["user_steps_per_second"] >= 2_000_000,
             "vector_learned": vector["learned"]["batch_4096"]["user_steps_per_second"] >= 1_000_000,
+            "viral": vector["viral"][f"users_{args.viral_users}"]["user_steps_per_second"] >= 500_000,
         },
     }
     print(json.dumps(result, indent=2))

@@ -121,9 +121,9 @@ class AdPlacementVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         if options:
             raise ConfigError(f"AdPlacementVectorEnv.reset takes no options, got {sorted(options)}")
-        self._batch = self.world.sample_users(self.num_envs, self.np_random)
+        self._batch = self._first_days(self.np_random)
         self._autoreset[:] = False
-        obs = self.layout.encode(self._batch)
+        obs = self._observe(self._batch)
         hour = np.full(self.num_envs, self.scenario.hour_of_epoch(0), dtype=np.int64)
         every = np.ones(self.num_envs, dtype=bool)
         info = {"segment": self._batch.segment.copy(), "_segment": every, "hour": hour, "_hour": every}
@@ -155,12 +155,12 @@ class AdPlacementVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         rng = self.np_random
         pending = self._autoreset
         if not pending.any():
-            res = self.world.step(batch, actions, rng, self.response)
+            res = self._world_step(batch, actions, rng)
             info = self._step_info(res, batch, np.ones(self.num_envs, dtype=bool))
             reward, terminated, truncated = res.reward, res.terminated, res.truncated
         else:
             self.world.check_actions(actions)  # also for the slots that ignore theirs
-            fresh = self.world.sample_users(int(pending.sum()), rng)  # where N single envs would call reset()
+            fresh = self._new_days(pending, rng)  # where N single envs would call reset()
             batch.assign(pending, fresh)
             if pending.all():
                 n = self.num_envs
@@ -168,7 +168,7 @@ class AdPlacementVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                 info = {}
             else:
                 # step everyone (one vectorised call), then put the fresh users back: their step never happened
-                res = self.world.step(batch, actions, rng, self.response)
+                res = self._world_step(batch, actions, rng)
                 batch.assign(pending, fresh)
                 info = self._step_info(res, batch, ~pending)
                 for key in STEP_INFO_KEYS[:-1]:  # no phantom clicks: the discarded step leaves no trace
@@ -183,15 +183,15 @@ class AdPlacementVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             hour[pending] = self.scenario.hour_of_epoch(0)
             info["hour"], info["_hour"] = hour, every
         self._autoreset = terminated | truncated
-        return self.layout.encode(batch), reward, terminated, truncated, info
+        return self._observe(batch), reward, terminated, truncated, info
 
     def _step_same(
         self, batch: UserBatch, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         rng = self.np_random
-        res = self.world.step(batch, actions, rng, self.response)
+        res = self._world_step(batch, actions, rng)
         info = self._step_info(res, batch, np.ones(self.num_envs, dtype=bool))
-        obs = self.layout.encode(batch)
+        obs = self._observe(batch)
         done = res.terminated | res.truncated
         if done.any():
             rows = np.flatnonzero(done)
@@ -202,12 +202,29 @@ class AdPlacementVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                 **{k: info[k].copy() if k in ("segment", "hour") else info[k] for k in STEP_INFO_KEYS},
                 **{f"_{k}": done for k in STEP_INFO_KEYS},
             }
-            fresh = self.world.sample_users(rows.size, rng)  # where a single env's reset() would draw
+            fresh = self._new_days(done, rng)  # where a single env's reset() would draw
             batch.assign(rows, fresh)
-            obs[rows] = self.layout.encode(fresh)
+            obs[rows] = self._observe(fresh, rows)
             info["segment"][rows] = fresh.segment
             info["hour"][rows] = self.scenario.hour_of_epoch(0)
         return obs, res.reward, res.terminated, res.truncated, info
+
+    # ---- hooks of the population env (adrl.envs.viral); here they are the independent users' dynamics ------------
+    def _first_days(self, rng: np.random.Generator) -> UserBatch:
+        """The users at ``reset``."""
+        return self.world.sample_users(self.num_envs, rng)
+
+    def _new_days(self, rows: np.ndarray, rng: np.random.Generator) -> UserBatch:
+        """Users starting a day in the slots of the bool mask ``rows`` (autoreset)."""
+        return self.world.sample_users(int(np.count_nonzero(rows)), rng)
+
+    def _world_step(self, batch: UserBatch, actions: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """One decision for every slot."""
+        return self.world.step(batch, actions, rng, self.response)
+
+    def _observe(self, batch: UserBatch, rows: np.ndarray | None = None) -> np.ndarray:
+        """Observations of ``batch``: every slot, or the slots ``rows`` (indices) when ``batch`` holds just those."""
+        return self.layout.encode(batch)
 
     def _step_info(self, res: StepResult, batch: UserBatch, valid: np.ndarray) -> dict[str, Any]:
         """Vector info of one step: arrays for STEP_INFO_KEYS, each with its ``_key`` mask ``valid``."""

@@ -51,6 +51,7 @@ def layout_from_dict(d: dict[str, Any], *, source: str = MODEL_JSON) -> FeatureL
             delays=tuple(int(x) for x in d["delays"]),
             start_hour=int(d.get("start_hour", 0)),
             exposure_half_life=float(d.get("exposure_half_life", 3.0)),
+            social=bool(d.get("social", False)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{source}: the stored feature layout is malformed ({e!r})") from e

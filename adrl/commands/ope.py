@@ -51,7 +51,7 @@ def run_adrl(
     from adrl.agents.registry import load_policy_artifact, read_policy_manifest
     from adrl.behavior.response import behavior_q
     from adrl.features import FeatureLayout
-    from adrl.ope.data import read_adrl_logs
+    from adrl.ope.data import interference_note, read_adrl_logs
     from adrl.ope.members import calibrate_members, load_members, member_dirs
     from adrl.ope.model_based import Simulators, logged_return
     from adrl.ope.returns import RETURN_ESTIMATORS
@@ -73,6 +73,9 @@ def run_adrl(
         targets[p] = load_policy_artifact(Path(p), expect_layout=layout)
     data = read_adrl_logs(logs, layout)
     notes: list[str] = []
+    shared = interference_note(logs)
+    if shared is not None:
+        notes.append(shared)
     sim = None
     dirs = member_dirs(behavior) if behavior else []
     if any(k in RETURN_ESTIMATORS for k in estimators):

@@ -136,6 +136,21 @@ def from_adrl_frame(df: pd.DataFrame, layout: FeatureLayout, *, source: str = "l
     )
 
 
+INTERFERENCE_NOTE = (
+    "the logs carry shares ({shares:,} of {rows:,} decisions were shared): users on a social graph interfere (a "
+    "share changes friends' clicks and rewards), but every estimator here treats users as independent, so the "
+    "estimates leave out what the target policy's own shares would do; benchmarks/viral.py measures the error"
+)
+
+
+def interference_note(path: Path | str) -> str | None:
+    """The no-interference warning for a log with shares (a ``share`` column with a True), else None."""
+    if "share" not in read_schema(path).names:
+        return None
+    share = read_logs(path, columns=["share"])["share"].to_numpy(dtype=bool)
+    return INTERFERENCE_NOTE.format(shares=int(share.sum()), rows=share.size) if share.any() else None
+
+
 def read_adrl_logs(path: Path | str, layout: FeatureLayout) -> LoggedData:
     """Read an adrl log (file or directory, e.g. the server's decision log) for a policy of ``layout``.
 
