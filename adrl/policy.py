@@ -33,7 +33,7 @@ from adrl.actions import sample_from
 from adrl.agents.registry import MANIFEST, load_policy_artifact, read_policy_manifest
 from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.requests import REQUEST_ADAPTER, DecisionRequest, InvalidRequest, RequestEncoder, invalid_from
+from adrl.requests import REQUEST_ADAPTER, DecisionRequest, InvalidRequest, RequestEncoder, invalid_from, validate
 from adrl.scenario import Scenario
 
 
@@ -229,7 +229,7 @@ class LoadedPolicy:
         if not isinstance(request, Mapping):
             raise InvalidRequest.at(list(loc) or ["request"], "expected a mapping of request fields", request)
         try:
-            return REQUEST_ADAPTER.validate_python(request if isinstance(request, dict) else dict(request))
+            return validate(REQUEST_ADAPTER, request if isinstance(request, dict) else dict(request))
         except ValidationError as e:
             raise invalid_from(e, loc) from None
 

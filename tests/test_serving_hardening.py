@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,62 @@ def test_one_decision_type_in_process_and_over_http(client: TestClient, tmp_path
     mine = load_policy(tmp_path / "greedy").decide(user={"segment": "office"}, context={"hour": 12})
     assert set(asdict(mine)) == set(served) and mine.event_id is None and mine.step is None
     assert mine.propensity_slot == mine.propensities.slot and mine.action == decision.action
+
+
+@pytest.mark.parametrize("form", ["single", "list"])
+def test_a_decision_whose_answer_fails_is_neither_journaled_nor_joinable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    import adrl.serving.app as app_module
+    from adrl.logs import read_logs
+    from adrl.serving.journal import read_records, segments
+
+    monkeypatch.setenv("ADRL_LOG_KEY", KEY)
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    cfg = ServeConfig(policy=tmp_path / "greedy", log_dir=tmp_path / "log", feedback_window=0.2, flush_interval=0.05)
+    service = PolicyService.from_config(cfg)
+    body = REQ if form == "single" else [REQ, REQ]
+    real = app_module.dumps
+
+    def failing(obj: object) -> bytes:
+        if isinstance(obj, (list, dict)) and "event_id" in json.dumps(obj, default=str):
+            raise RuntimeError("encoder failed after the decision was made")
+        return real(obj)
+
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(app_module, "dumps", failing)
+        assert c.post("/v1/decisions", json=body).status_code == 500
+        monkeypatch.setattr(app_module, "dumps", real)
+        assert service.log.n_pending == 0
+        token = service.log.token
+        records = list(read_records([p for _, p in segments(tmp_path / "log" / "journal")]))
+        assert not [r for r in records if r["t"] == "d"]  # the journal holds no decision nobody was told of
+        assert c.post("/v1/feedback", json={"decision_id": f"{token}-1", "click": True}).status_code == 404
+        told = c.post("/v1/decisions", json=REQ).json()["event_id"]  # the id was never issued, so it is free
+        time.sleep(0.3)  # its window closes, so shutdown joins it
+    assert list(read_logs(tmp_path / "log")["event_id"]) == [told]
+
+
+def test_an_integer_written_with_a_zero_fraction_is_the_integer(client: TestClient) -> None:
+    # JSON Schema's "integer" (the OpenAPI document's) takes 22.0, so the server does too; 22.5 stays a 422
+    as_float = {**REQ, "context": {"hour": 22.0}, "step": 3.0, "history": {"impressions_24h": 2.0}}
+    r = client.post("/v1/decisions", content=json.dumps(as_float))
+    assert r.status_code == 200, r.text
+    assert r.json()["step"] == 3 and isinstance(r.json()["step"], int)
+    half = client.post("/v1/decisions", content=json.dumps({**REQ, "context": {"hour": 22.5}}))
+    assert half.status_code == 422 and "hour" in half.text
+
+
+def test_the_openapi_document_states_the_markets_names_and_the_rules_it_cannot_express(client: TestClient) -> None:
+    sc = Scenario()
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    segment = schemas["UserFeatures"]["properties"]["segment"]["anyOf"]
+    assert {"type": "string", "enum": [s.name for s in sc.segments]} in segment
+    assert set(schemas["History"]["properties"]["slot_counts"]["properties"]) == {s.name for s in sc.slots}
+    obs = schemas["DecisionRequest"]["properties"]["obs"]["anyOf"][0]
+    policy = client.get("/v1/policy").json()
+    assert obs["minItems"] == obs["maxItems"] == len(obs["prefixItems"]) == len(policy["obs_names"])
+    assert "clicks_today" in schemas["History"]["properties"]["conversions_today"]["description"]
+    bad = {**REQ, "history": {"clicks_today": 1, "conversions_today": 2}}  # schema-valid, refused by its rule
+    assert client.post("/v1/decisions", json=bad).status_code == 422
