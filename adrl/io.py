@@ -181,11 +181,12 @@ def read_yaml_mapping(path: Path | str, *, what: str, max_bytes: int = 1 << 20, 
     return data
 
 
-def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out") -> Path:
+def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out", also: str | None = None) -> Path:
     """Check that ``path`` can receive a new ``kind`` ("file" or "directory") before any work is done.
 
-    An existing output is replaced only with ``force`` (every command says so in the same words); a path of the
-    other kind, or a place that cannot be written, is refused. Returns the path.
+    An existing output is replaced only with ``force`` (every command says so in the same words; ``also`` names
+    one more way out, e.g. ``"--resume to continue it"``); a path of the other kind, or a place that cannot be
+    written, is refused. Returns the path.
     """
     path = Path(path)
     other = "directory" if kind == "file" else "file"
@@ -193,7 +194,10 @@ def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out
         if (kind == "file") != path.is_file():
             raise ConfigError(f"{flag} {path} is a {other}; expected a {kind} path")
         if (kind == "file" or any(path.iterdir())) and not force:
-            raise ConfigError(f"{flag} {path} already exists; pass --force to replace it, or choose another {flag}")
+            other_way = f", {also}" if also else ""
+            raise ConfigError(
+                f"{flag} {path} already exists; pass --force to replace it{other_way}, or choose another {flag}"
+            )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

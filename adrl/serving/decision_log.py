@@ -48,7 +48,7 @@ import orjson
 
 from adrl.errors import AdrlError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.io import read_json, write_json_atomic
+from adrl.io import check_output, read_json, write_json_atomic
 from adrl.logs import LogWriter, logged_columns
 from adrl.requests import InvalidRequest
 from adrl.scenario import HOURS_PER_DAY, Scenario
@@ -242,13 +242,16 @@ class DecisionLog:
         self.started = False
 
     def _open_dir(self, log_dir: Path) -> None:
+        # an append-only log is continued, never replaced: an existing one is fine, a file or unwritable place is not
+        check_output(log_dir, kind="directory", force=True, flag="--log-dir")
         meta_path = log_dir / "log.json"
         if meta_path.is_file():
             meta = read_json(meta_path, what="decision log metadata")
             if meta.get("layout_hash") != self.layout.hash:
                 raise FeatureMismatch(
                     f"{log_dir}: the log holds feature layout {meta.get('layout_hash')!r}, this "
-                    f"policy uses {self.layout.hash}; use another --log-dir for this policy"
+                    f"policy uses {self.layout.hash}; an append-only log is never replaced: use another --log-dir for "
+                    "this policy"
                 )
             self.token = str(meta["token"])
         else:
