@@ -202,3 +202,21 @@ def test_the_openapi_document_states_the_markets_names_and_the_rules_it_cannot_e
     assert "clicks_today" in schemas["History"]["properties"]["conversions_today"]["description"]
     bad = {**REQ, "history": {"clicks_today": 1, "conversions_today": 2}}  # schema-valid, refused by its rule
     assert client.post("/v1/decisions", json=bad).status_code == 422
+
+
+def test_a_refused_value_is_not_logged_by_the_app(
+    client: TestClient, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    marker = "SECRET-VALUE-9e2d"
+    with caplog.at_level(logging.DEBUG):
+        for body in (
+            {**REQ, "user": {"id": marker * 40, "segment": "office"}},
+            {**REQ, "user": {"segment": marker}},
+            {**REQ, "history": {"slot_counts": {marker: 1}}},
+            {**REQ, marker: 1},
+        ):
+            assert client.post("/v1/decisions", json=body).status_code == 422
+        assert client.post("/v1/feedback", json={"decision_id": marker * 10}).status_code == 422
+        assert client.post("/v1/feedback", json={"decision_id": f"x-{marker}"}).status_code == 404
+    out, err = capfd.readouterr()
+    assert marker not in caplog.text and marker not in out and marker not in err

@@ -211,3 +211,30 @@ def test_auth_off_and_sigkill_under_load_loses_no_acknowledged_decision(policy_d
     log.close()
     df = read_logs(tmp_path / "log")
     assert set(acked) <= set(df["event_id"]) and df["event_id"].is_unique
+
+
+def test_a_refused_value_is_never_printed_by_the_server(policy_dir, tmp_path):
+    """The values of refused requests reach neither stdout nor stderr (uvicorn's loggers as adrl serve sets them)."""
+    srv = start_server(policy_dir, tmp_path / "log", api_key=True)
+    marker = "SECRET-VALUE-4f1c"
+    refused = [
+        ("/v1/decisions", {**REQ, "user": {"id": marker * 40, "segment": "night_owl"}}),  # over-long user id
+        ("/v1/decisions", {**REQ, "episode_id": marker * 40}),  # over-long episode id
+        ("/v1/decisions", {**REQ, "user": {"segment": marker}}),  # unknown segment
+        ("/v1/decisions", {**REQ, marker: 1}),  # unknown field
+        ("/v1/decisions", {**REQ, "context": {"hour": marker}}),  # wrong type
+        ("/v1/feedback", {"decision_id": marker * 10, "click": True}),  # over-long id
+        ("/v1/feedback", {"decision_id": f"x-{marker}", "click": True}),  # unknown id
+    ]
+    try:
+        with httpx.Client(base_url=srv.base, headers=srv.headers, timeout=10) as c:
+            for path, body in refused:
+                assert c.post(path, json=body).status_code in (404, 422)
+            assert c.post("/v1/decisions", content=f"{{{marker}".encode()).status_code == 400
+            assert c.post(f"/v1/decisions?{marker}=1", json=REQ).status_code == 200
+            assert httpx.post(f"{srv.base}/v1/decisions", json=REQ, headers={"x-api-key": marker}).status_code == 401
+        srv.proc.send_signal(signal.SIGTERM)
+        output, _ = srv.proc.communicate(timeout=30)
+    finally:
+        stop(srv.proc)
+    assert marker not in output.decode(errors="replace")
