@@ -56,10 +56,34 @@ def test_integers_beyond_64_bits_are_a_422_naming_the_field(client: TestClient, 
 
 
 def test_error_replies_stay_small_whatever_the_body(client: TestClient) -> None:
-    r = client.post("/v1/decisions", content=json.dumps([{}] * 20_000))
+    r = client.post("/v1/decisions", content=json.dumps([{}] * 5_000))
     assert r.status_code == 422
     assert len(r.content) < 8192, len(r.content)
     assert "more invalid field(s)" in r.text  # the rest are counted, not listed
+    bad = {**REQ, "context": {"hour": 99}}
+    for body, says in [
+        ([{}] * 20_000, "at most 10000 requests"),  # large bodies: measured before they are validated
+        ([bad] * 9_000, "more invalid field(s)"),
+        ({"user": {"segment": 0, "signals": {f"k{i}": 9.0 for i in range(20_000)}}, "context": {}}, "values"),
+    ]:
+        r = client.post("/v1/decisions", content=json.dumps(body))
+        assert r.status_code == 422 and says in r.text and len(r.content) < 4096, r.text[:300]
+    r = client.post("/v1/decisions", content=json.dumps([REQ] * 5_000)[:-1])  # unbalanced
+    assert r.status_code == 400 and len(r.content) < 4096
+    r = client.post("/v1/feedback", content=json.dumps({f"x{i}": 1 for i in range(20_000)}))
+    assert r.status_code == 422 and len(r.content) < 4096
+
+
+def test_a_large_valid_batch_is_answered_like_a_small_one(client: TestClient) -> None:
+    from adrl.serving.bodies import LARGE_BODY
+
+    body = [{**REQ, "episode_id": f"big-{i}", "user": {"id": "u" * 200, "segment": "office"}} for i in range(600)]
+    assert len(json.dumps(body)) > LARGE_BODY  # read in chunks
+    answers = client.post("/v1/decisions", json=body).json()
+    assert [a["episode_id"] for a in answers] == [f"big-{i}" for i in range(600)]
+    body[450]["context"] = {"hour": 24}
+    r = client.post("/v1/decisions", json=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [450, "context", "hour"]
     long = client.post("/v1/decisions", content=json.dumps({**REQ, "episode_id": "x" * 100_000}))
     assert long.status_code == 422 and len(long.content) < 4096
 
@@ -220,3 +244,37 @@ def test_a_refused_value_is_not_logged_by_the_app(
         assert client.post("/v1/feedback", json={"decision_id": f"x-{marker}"}).status_code == 404
     out, err = capfd.readouterr()
     assert marker not in caplog.text and marker not in out and marker not in err
+
+
+def test_a_restarted_service_joins_each_pending_decision_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adrl.logs import read_logs
+
+    monkeypatch.setenv("ADRL_LOG_KEY", KEY)
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    cfg = ServeConfig(policy=tmp_path / "greedy", log_dir=tmp_path / "log", feedback_window=0.3, flush_interval=0.05)
+    service = PolicyService.from_config(cfg)
+    with service:
+        eid = service.decide(REQ)["event_id"]
+    with service:  # the same object started again (an app's lifespan run twice): it recovers from its journal
+        time.sleep(0.5)
+    assert service.log.stats.write_errors == 0, service.log.stats.last_error
+    assert list(read_logs(tmp_path / "log")["event_id"]) == [eid]
+
+
+_text = st.text(alphabet='ab"\\\\[]{},: \\u00e9')  # quotes, backslashes and brackets inside strings
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(items=st.lists(_json, max_size=6), spaced=st.booleans())
+def test_measuring_a_body_finds_exactly_its_items(items: list[object], spaced: bool) -> None:
+    from adrl.serving.bodies import measure
+
+    body = json.dumps(items, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    shape = measure(body)
+    assert shape.is_list and shape.balanced and shape.n_items == len(items)
+    assert [json.loads(body[a:b]) for a, b in zip(shape.starts, shape.ends, strict=True)] == items

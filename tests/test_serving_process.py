@@ -238,3 +238,52 @@ def test_a_refused_value_is_never_printed_by_the_server(policy_dir, tmp_path):
     finally:
         stop(srv.proc)
     assert marker not in output.decode(errors="replace")
+
+
+def test_healthz_answers_while_the_largest_allowed_requests_are_refused(policy_dir, tmp_path):
+    """Loose bound (a busy 2-core machine); benchmarks/serve_hardening.py measures the 50 ms goal."""
+    port = free_port()
+    cmd = [*ADRL, "serve", "--policy", str(policy_dir), "--port", str(port)]  # the default 8 MiB body limit
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    body = b"[" + b",".join([b"{}"] * ((8 << 20) // 3 - 10)) + b"]"  # just under the limit, ~2.8 M bad items
+    stop_flag = threading.Event()
+    statuses: list[int] = []
+
+    def refuse() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while not stop_flag.is_set():
+            conn.request("POST", "/v1/decisions", body=body, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            statuses.append(resp.status)
+            assert len(data) < 4096
+
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < end and proc.poll() is None
+                time.sleep(0.1)
+        threads = [threading.Thread(target=refuse, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        probes = []
+        with httpx.Client(base_url=base, timeout=30) as c:
+            until = time.monotonic() + 3
+            while time.monotonic() < until:
+                t0 = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                probes.append(time.perf_counter() - t0)
+                time.sleep(0.02)
+        stop_flag.set()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        stop(proc)
+    assert statuses and set(statuses) == {422}
+    assert max(probes) < 1.0, f"healthz took up to {max(probes):.3f} s (median {sorted(probes)[len(probes) // 2]:.3f})"

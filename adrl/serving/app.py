@@ -32,6 +32,7 @@ from starlette.responses import Response
 from adrl.errors import AdrlError
 from adrl.policy import Decision
 from adrl.requests import InvalidRequest
+from adrl.serving.bodies import FEEDBACK_VALUES, LARGE_BODY, LargeBodies, max_request_values
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.metrics import CONTENT_TYPE
 from adrl.serving.openapi import decision_body, request_schemas
@@ -263,10 +264,14 @@ class DecisionHandler:
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
         self.batcher = MicroBatcher(partial(service.decide_prepared, share=True, encode=_each_as_json))
+        self.large = LargeBodies(max_batch=max_batch, max_values=max_request_values(service.policy.layout.obs_dim))
 
     async def decide(self, body: bytes) -> bytes:
         """Response JSON for a request body (raises :class:`InvalidRequest` and friends)."""
-        parsed = parse_decision_body(body, max_batch=self.max_batch)
+        if len(body) > LARGE_BODY:  # measured off the event loop first, then validated in chunks
+            parsed = await self.large.decisions(body)
+        else:
+            parsed = parse_decision_body(body, max_batch=self.max_batch)
         service = self.service
         if isinstance(parsed, list):
             return service.decide_validated(
@@ -339,7 +344,12 @@ async def post_decisions(request: Request) -> Response:
 )
 async def post_feedback(request: Request, service: Service) -> Response:
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
-    return Response(dumps(service.feedback(parse_feedback_body(body))), media_type=JSON)
+    if len(body) > LARGE_BODY:
+        large: LargeBodies = request.app.state.decisions.large
+        parsed = await large.one(_FEEDBACK, body, FEEDBACK_VALUES)
+    else:
+        parsed = parse_feedback_body(body)
+    return Response(dumps(service.feedback(parsed)), media_type=JSON)
 
 
 @router.get("/policy", summary="The served policy: ids, action names, features, exploration, log settings")

@@ -274,6 +274,10 @@ class DecisionLog:
 
     def _recover(self) -> None:
         assert self.log_dir is not None
+        # the journal is the truth: a restart of this object (start after close) must not hold its decisions twice
+        self._pending.clear()
+        self._order.clear()
+        self._feedback.clear()
         data = self.log_dir / "data"
         for tmp in data.glob(".part-*.tmp"):  # a part being written when the process died
             tmp.unlink(missing_ok=True)
