@@ -84,6 +84,9 @@ def test_a_large_valid_batch_is_answered_like_a_small_one(client: TestClient) ->
     body[450]["context"] = {"hour": 24}
     r = client.post("/v1/decisions", json=body)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [450, "context", "hour"]
+    assert r.json()["message"].startswith("1 invalid field(s): 450.context.hour")
+    trailing = json.dumps(body[:300]) + " [1]"  # what follows the list is refused, as the parser would
+    assert client.post("/v1/decisions", content=trailing).status_code == 400
     long = client.post("/v1/decisions", content=json.dumps({**REQ, "episode_id": "x" * 100_000}))
     assert long.status_code == 422 and len(long.content) < 4096
 

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from adrl.requests import REQUEST_ADAPTER, REQUESTS_ADAPTER, DecisionRequest, InvalidRequest, invalid_from, validate
+from adrl.requests import (
+    REQUEST_ADAPTER,
+    REQUESTS_ADAPTER,
+    DecisionRequest,
+    InvalidRequest,
+    invalid_from,
+    summarize_errors,
+    validate,
+    validation_errors,
+)
 
 LARGE_BODY = 64 << 10  # bytes; smaller bodies cost less to validate in one call than to measure
 CHUNK_BYTES = 16 << 10  # items validated per event-loop pass
@@ -84,6 +93,8 @@ def measure(body: bytes, max_items: int = 1 << 30) -> Shape:
         return Shape(True, empty, empty, empty, balanced, count)
     top = np.flatnonzero(top_commas)
     close = first + int(np.argmax(depth[first:] == 0)) if balanced else n - 1
+    if body[close + 1 :].strip(_WHITESPACE):  # e.g. "[1] [2]": the parser would refuse what follows the list
+        balanced = False
     starts = np.concatenate([[first + 1], top + 1])
     ends = np.concatenate([top, [close]])
     inner = np.zeros(n + 1, dtype=np.int32)
@@ -142,11 +153,11 @@ class LargeBodies:
             try:
                 out += validate(REQUESTS_ADAPTER, chunk)
             except ValidationError as e:
-                error = invalid_from(e)
-                for err in error.errors:  # the chunk's item index, as the body's
+                errors = validation_errors(e)
+                for err in errors:  # the chunk's item index, as the body's
                     if err["loc"] and isinstance(err["loc"][0], int):
                         err["loc"][0] += i
-                raise InvalidRequest(str(error), error.errors) from None
+                raise InvalidRequest(summarize_errors(errors), errors) from None
             i = j
             await asyncio.sleep(0)  # let /healthz and other requests in between chunks
         return out
