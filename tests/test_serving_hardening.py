@@ -281,3 +281,10 @@ def test_measuring_a_body_finds_exactly_its_items(items: list[object], spaced: b
     shape = measure(body)
     assert shape.is_list and shape.balanced and shape.n_items == len(items)
     assert [json.loads(body[a:b]) for a, b in zip(shape.starts, shape.ends, strict=True)] == items
+
+
+@pytest.mark.parametrize("size", [300, 100_000])
+def test_a_body_that_is_no_object_gets_the_same_answer_whatever_its_size(client: TestClient, size: int) -> None:
+    for body in ("1" * size, json.dumps("x" * size), json.dumps({**REQ, "episode_id": "e" * size})):
+        r = client.post("/v1/decisions", content=body)
+        assert r.status_code == (422 if body.startswith("{") else 400), (size, r.text[:200])

@@ -20,7 +20,6 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from adrl.requests import (
-    REQUEST_ADAPTER,
     REQUESTS_ADAPTER,
     DecisionRequest,
     InvalidRequest,
@@ -29,6 +28,7 @@ from adrl.requests import (
     validate,
     validation_errors,
 )
+from adrl.serving.service import parse_decision_body
 
 LARGE_BODY = 64 << 10  # bytes; smaller bodies cost less to validate in one call than to measure
 CHUNK_BYTES = 16 << 10  # items validated per event-loop pass
@@ -138,8 +138,8 @@ class LargeBodies:
     async def decisions(self, body: bytes) -> DecisionRequest | list[DecisionRequest]:
         """A large decision body validated like :func:`~adrl.serving.service.parse_decision_body`."""
         shape = await self.shape(body, self.max_values)
-        if not shape.is_list:
-            return await self.one(REQUEST_ADAPTER, body)
+        if not shape.is_list:  # one object of a bounded number of values: the small bodies' path
+            return parse_decision_body(body, max_batch=self.max_batch)
         n = shape.n_items
         if n > self.max_batch:
             raise InvalidRequest.at([], f"a batch holds at most {self.max_batch} requests; split it", f"{n} items")
