@@ -95,6 +95,9 @@ def _metrics(ret: np.ndarray, imps: np.ndarray, clicks: np.ndarray, convs: np.nd
     )
 
 
+MAX_EPISODES = 10_000_000  # per policy: six float64 outcomes per user-day are held in memory (~0.5 GB at the bound)
+
+
 def evaluate_policy(
     policy: Any,
     scenario: Scenario,
@@ -111,8 +114,11 @@ def evaluate_policy(
     ``policy`` follows the Policy protocol (``predict(obs, deterministic=...)``). Users come from ``seed`` (the same
     for every policy); outcome draws from a stream spawned from it.
     """
-    if n_episodes < 2:
-        raise ValueError(f"n_episodes must be >= 2 for a confidence interval, got {n_episodes}")
+    if not 2 <= n_episodes <= MAX_EPISODES:
+        raise ConfigError(
+            f"n_episodes (--episodes) must be in 2..{MAX_EPISODES:,} user-days (2 for a confidence interval; each "
+            f"user-day's outcomes are held in memory), got {n_episodes:,}"
+        )
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
     rewards = scenario.reward_table

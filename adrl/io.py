@@ -84,18 +84,36 @@ def write_npy_atomic(path: Path | str, array: np.ndarray) -> None:
         np.save(f, np.asarray(array), allow_pickle=False)
 
 
+MAX_JSON_BYTES = 64 << 20  # manifests and metadata are small; arrays live in .npy / .safetensors files
+MAX_JSON_DEPTH = 64
+
+
 def read_json(path: Path | str, *, what: str = "file") -> dict[str, Any]:
-    """Read a JSON object, raising ``ArtifactError`` that names the file when it is missing or malformed."""
+    """Read a JSON object, raising ``ArtifactError`` that names the file when it is missing, too large, nested
+    deeper than :data:`MAX_JSON_DEPTH` or malformed."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{what} {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ArtifactError(f"{what} {path} has {size:,} bytes, more than the {MAX_JSON_BYTES:,} a {what} may have")
+    text = path.read_bytes()
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise ArtifactError(f"{what} {path} is nested deeper than {MAX_JSON_DEPTH} levels; not an adrl {what}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{what} {path} is not valid JSON ({e}); was the write interrupted?") from e
     if not isinstance(data, dict):
         raise ArtifactError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _depth(text: bytes) -> int:
+    """Upper bound of a JSON text's nesting (brackets inside strings count too: it only bounds the parse)."""
+    raw = np.frombuffer(text, dtype=np.uint8)
+    step = (raw == ord("[")).astype(np.int32) + (raw == ord("{")) - (raw == ord("]")) - (raw == ord("}"))
+    return int(np.cumsum(step).max(initial=0))
 
 
 def read_manifest(
@@ -181,11 +199,12 @@ def read_yaml_mapping(path: Path | str, *, what: str, max_bytes: int = 1 << 20, 
     return data
 
 
-def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out") -> Path:
+def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out", also: str | None = None) -> Path:
     """Check that ``path`` can receive a new ``kind`` ("file" or "directory") before any work is done.
 
-    An existing output is replaced only with ``force`` (every command says so in the same words); a path of the
-    other kind, or a place that cannot be written, is refused. Returns the path.
+    An existing output is replaced only with ``force`` (every command says so in the same words; ``also`` names
+    one more way out, e.g. ``"--resume to continue it"``); a path of the other kind, or a place that cannot be
+    written, is refused. Returns the path.
     """
     path = Path(path)
     other = "directory" if kind == "file" else "file"
@@ -193,7 +212,10 @@ def check_output(path: Path | str, *, kind: str, force: bool, flag: str = "--out
         if (kind == "file") != path.is_file():
             raise ConfigError(f"{flag} {path} is a {other}; expected a {kind} path")
         if (kind == "file" or any(path.iterdir())) and not force:
-            raise ConfigError(f"{flag} {path} already exists; pass --force to replace it, or choose another {flag}")
+            other_way = f", {also}" if also else ""
+            raise ConfigError(
+                f"{flag} {path} already exists; pass --force to replace it{other_way}, or choose another {flag}"
+            )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

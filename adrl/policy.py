@@ -33,7 +33,7 @@ from adrl.actions import sample_from
 from adrl.agents.registry import MANIFEST, load_policy_artifact, read_policy_manifest
 from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.requests import REQUEST_ADAPTER, DecisionRequest, InvalidRequest, RequestEncoder, invalid_from
+from adrl.requests import REQUEST_ADAPTER, DecisionRequest, InvalidRequest, RequestEncoder, invalid_from, validate
 from adrl.scenario import Scenario
 
 
@@ -229,7 +229,7 @@ class LoadedPolicy:
         if not isinstance(request, Mapping):
             raise InvalidRequest.at(list(loc) or ["request"], "expected a mapping of request fields", request)
         try:
-            return REQUEST_ADAPTER.validate_python(request if isinstance(request, dict) else dict(request))
+            return validate(REQUEST_ADAPTER, request if isinstance(request, dict) else dict(request))
         except ValidationError as e:
             raise invalid_from(e, loc) from None
 
@@ -345,24 +345,9 @@ def load_policy(
             f"{path}: policy feature layout {layout.hash} does not match the expected "
             f"{expect_layout.hash}; was it trained on another scenario?"
         )
-    if list(manifest["nvec"]) != list(scenario.action_nvec):
-        raise ArtifactError(
-            f"{path / MANIFEST}: nvec {manifest['nvec']} does not match its scenario's action "
-            f"sizes {list(scenario.action_nvec)}"
-        )
-    if manifest["obs_dim"] != layout.obs_dim:
-        raise FeatureMismatch(
-            f"{path / MANIFEST}: obs_dim {manifest['obs_dim']} does not match its scenario's "
-            f"feature layout ({layout.obs_dim} features)"
-        )
-    policy = load_policy_artifact(path, expect_layout=layout)
-    for attr in ("action_probabilities", "nvec"):
-        if not hasattr(policy, attr):
-            raise ArtifactError(f"{path}: loaded {type(policy).__name__} has no {attr!r}; not a servable policy")
-    if tuple(policy.nvec) != scenario.action_nvec:
-        raise ArtifactError(
-            f"{path}: policy action sizes {tuple(policy.nvec)} differ from the scenario's {scenario.action_nvec}"
-        )
+    policy = load_policy_artifact(path, expect_layout=layout)  # the loader evaluate and train use too
+    if not hasattr(policy, "action_probabilities"):
+        raise ArtifactError(f"{path}: loaded {type(policy).__name__} has no 'action_probabilities'; not servable")
     digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:8]
     version = f"{manifest.get('policy_id') or manifest['kind']}.{digest}"
     explore = exploration if isinstance(exploration, Exploration) else Exploration.parse(exploration)

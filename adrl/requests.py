@@ -10,6 +10,7 @@ value and what was expected. A raw observation (``obs=``) is accepted too.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, NotRequired
@@ -174,6 +175,34 @@ def _one_form(req: DecisionRequest) -> DecisionRequest:
 CheckedRequest = Annotated[DecisionRequest, AfterValidator(_one_form)]
 REQUEST_ADAPTER: TypeAdapter[DecisionRequest] = TypeAdapter(CheckedRequest)
 REQUESTS_ADAPTER: TypeAdapter[list[DecisionRequest]] = TypeAdapter(list[CheckedRequest])
+
+
+def validate(adapter: TypeAdapter[Any], data: bytes | Any) -> Any:
+    """``data`` (JSON bytes, or Python values) validated by ``adapter``, where an integer may also be written as a
+    number with a zero fraction (``3.0``), as JSON Schema's ``integer`` allows. Strict, Rust-only validation first;
+    only a body refused for such a number is read again with those numbers as integers."""
+    try:
+        return adapter.validate_json(data) if isinstance(data, bytes) else adapter.validate_python(data)
+    except ValidationError as e:
+        if not any(err["type"] == "int_type" and _integral(err.get("input")) for err in e.errors()):
+            raise
+        values = json.loads(data) if isinstance(data, bytes) else data
+        return adapter.validate_python(_ints(values))
+
+
+def _integral(value: Any) -> bool:
+    return isinstance(value, float) and value.is_integer()
+
+
+def _ints(value: Any) -> Any:
+    """``value`` with every integral float as an int (a float field takes ints alike, so this changes no meaning)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
 
 
 def validation_errors(e: ValidationError) -> list[dict[str, Any]]:

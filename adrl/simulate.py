@@ -23,6 +23,8 @@ from adrl.scenario import Scenario
 from adrl.world import UserBatch, World
 
 LoggingPolicyName = Literal["random", "epsilon-greedy"]
+MAX_USER_DAYS = 1_000_000_000  # one run's bound (about 10^10 logged rows); more is a mistake, not a workload
+MAX_CHUNK_USERS = 1 << 22  # a chunk's arrays are held in memory at once
 
 
 @dataclass(frozen=True)
@@ -218,10 +220,10 @@ def simulate(
     are written in order, so memory stays bounded and the same seed and chunk size give the same file whatever
     the number of workers.
     """
-    if n_users < 1:
-        raise ValueError(f"n_users must be >= 1, got {n_users}")
-    if chunk_users < 1:
-        raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+    if not 1 <= n_users <= MAX_USER_DAYS:
+        raise ConfigError(f"n_users (--users) must be in 1..{MAX_USER_DAYS:,} user-days, got {n_users:,}")
+    if not 1 <= chunk_users <= MAX_CHUNK_USERS:
+        raise ConfigError(f"chunk_users (--chunk-users) must be in 1..{MAX_CHUNK_USERS:,}, got {chunk_users:,}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     world = World(scenario)

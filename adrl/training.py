@@ -37,9 +37,12 @@ from adrl.envs.pessimistic import PessimisticVectorEnv
 from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID, VIRAL_ID
 from adrl.errors import ConfigError
 from adrl.evaluation import simulator_score
-from adrl.io import atomic_open, read_yaml_mapping
+from adrl.io import atomic_open, check_output, read_yaml_mapping
 from adrl.scenario import Scenario, resolve_scenario
 
+MAX_STEPS = 10**12  # user-decisions in one run: weeks of training at the fastest agent's speed
+MAX_ENVS = 1 << 20
+RUNNING_TOTALS = ("episodes", "wall_seconds")  # metrics that count from the run's start, across resumes
 METRIC_COLUMNS = ("step", "wall_seconds", "steps_per_second", "episodes", "mean_return", "loss", "epsilon", "entropy")
 StepCallback = Callable[[Any, int, dict[str, float]], bool]
 
@@ -86,9 +89,10 @@ class RunDir:
 
     # ---- creation and resume ------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path | str, config: dict[str, Any], *, resume: bool) -> RunDir:
-        """Start a new run (refusing to overwrite one) or reopen one for ``resume``."""
+    def create(cls, path: Path | str, config: dict[str, Any], *, resume: bool, force: bool = False) -> RunDir:
+        """Start a new run (replacing an existing one only with ``force``) or reopen one for ``resume``."""
         run = cls(Path(path))
+        check_output(run.path, kind="directory", force=force or resume, also="--resume to continue it")
         exists = run.path.exists() and any(run.path.iterdir())
         if resume:
             if not exists:
@@ -99,10 +103,8 @@ class RunDir:
                     raise ConfigError(
                         f"--resume: {run.path} was started with {key}={saved[key]!r}, not {config[key]!r}"
                     )
-        elif exists:
-            raise ConfigError(
-                f"--out {run.path} already holds a run; pass --resume to continue it, or choose another --out"
-            )
+        elif exists:  # --force: a new run in its place (the old one goes first, so no file of it is mistaken as new)
+            shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         run.checkpoints.mkdir(exist_ok=True)
         if not resume:
@@ -145,8 +147,11 @@ class RunDir:
         return final
 
     # ---- metrics --------------------------------------------------------------------------------------------
-    def open_metrics(self, *, resume_step: int | None) -> None:
-        """Open metrics.csv for appending; on resume drop rows past ``resume_step`` (logged after the checkpoint)."""
+    def open_metrics(self, *, resume_step: int | None) -> dict[str, float]:
+        """Open metrics.csv for appending; on resume drop rows past ``resume_step`` (logged after the checkpoint).
+
+        Returns the running totals the kept rows reached (``episodes``, ``wall_seconds``; 0 for a new run): a
+        resumed run's rows continue from them (a learner counts its episodes and time from its own start)."""
         rows: list[dict[str, str]] = []
         if resume_step is not None and self.metrics_path.is_file():
             with open(self.metrics_path, newline="") as f:
@@ -160,6 +165,13 @@ class RunDir:
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(log_dir=str(self.path / "tb"), purge_step=resume_step)
+        totals = dict.fromkeys(RUNNING_TOTALS, 0.0)
+        for r in rows:
+            for k in RUNNING_TOTALS:
+                value = _number(r.get(k))
+                if math.isfinite(value):
+                    totals[k] = value
+        return totals
 
     def log(self, step: int, stats: dict[str, float]) -> None:
         row = {k: stats.get(k, math.nan) for k in METRIC_COLUMNS}
@@ -205,6 +217,13 @@ class RunDir:
             fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text else math.nan
+    except ValueError:
+        return math.nan
 
 
 class Throughput:
@@ -300,6 +319,7 @@ def train_run(
     checkpoint_every: int | None = None,
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
+    force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -316,6 +336,11 @@ def train_run(
     every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
     if total < 1 or n < 1 or every < 1:
         raise ConfigError(f"steps, n_envs and checkpoint_every must be >= 1, got {total}, {n}, {every}")
+    if total > MAX_STEPS or n > MAX_ENVS:
+        raise ConfigError(
+            f"--steps must be at most {MAX_STEPS:,} and --n-envs at most {MAX_ENVS:,} (users held in memory at "
+            f"once), got {total:,} and {n:,}"
+        )
     spec = resolve_env(env_id, scenario_path, behavior)
     config = {
         "agent": agent_name,
@@ -328,7 +353,7 @@ def train_run(
         "scenario": spec.scenario.model_dump(mode="json"),
         "params": params,
     }
-    run = RunDir.create(out, config, resume=resume)
+    run = RunDir.create(out, config, resume=resume, force=force)
     latest = run.latest_checkpoint() if resume else None
     if resume and latest is None:  # starting over would silently rewrite the run's metrics
         run.close()
@@ -348,7 +373,7 @@ def train_run(
         start = 0
     stop = StopRequested()
     summary: dict[str, Any] = {"run": str(run.path), "agent": agent_name, "env": env_id}
-    run.open_metrics(resume_step=start if latest else None)
+    before = run.open_metrics(resume_step=start if latest else None)
     try:
         if not callable(getattr(agent, "learn", None)):  # a rule: nothing to train
             run.log(0, {"step": 0})
@@ -368,7 +393,9 @@ def train_run(
 
                 def callback(agent_: Any, step: int, stats: dict[str, float]) -> bool:
                     rate, wall = throughput.update(step)
-                    stats = {**stats, "steps_per_second": rate, "wall_seconds": wall}
+                    stats = {**stats, "steps_per_second": rate, "wall_seconds": before["wall_seconds"] + wall}
+                    if "episodes" in stats:
+                        stats["episodes"] += before["episodes"]
                     run.log(step, stats)
                     ret = stats.get("mean_return", math.nan)
                     bar.update(task, completed=min(step, total), ret=f"{ret:.4f}", rate=f"{rate:,.0f}")

@@ -14,6 +14,8 @@ from adrl.errors import ArtifactError
 from adrl.features import FeatureLayout
 from adrl.scenario import Scenario
 
+MAX_HIDDEN = 4096  # widest hidden layer a config may ask for (a manifest's config is checked before allocating)
+
 
 def one_hot(index: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((index.shape[0], n))

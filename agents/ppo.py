@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
+from adrl.agents.base import MAX_HIDDEN, EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.reinforce import FactoredPolicyNet, value_net
 from adrl.agents.torch_io import load_torch_state, save_torch_state
@@ -57,6 +57,8 @@ class PPOConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.hidden > MAX_HIDDEN:  # checked before the network is allocated
+            raise ValueError(f"hidden must be at most {MAX_HIDDEN}, got {self.hidden}")
         for name in ("lr", "clip_coef", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

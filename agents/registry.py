@@ -12,11 +12,13 @@ import dataclasses
 import datetime as dt
 import hashlib
 import importlib
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adrl.errors import ArtifactError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
@@ -71,9 +73,62 @@ def agent_params(config_cls: Any, params: dict[str, Any], agent: str) -> Any:
     known = {f.name for f in dataclasses.fields(config_cls)}
     check_params(params, known, agent)
     try:
-        return config_cls(**params)
-    except (TypeError, ValueError) as e:
+        return typed_config(config_cls, params)
+    except ValueError as e:
         raise ConfigError(f"{agent}: {e}") from None
+
+
+def typed_config(config_cls: Any, values: Any) -> Any:
+    """A dataclass config from ``values`` whose every field has its declared type (no "64" for 64, no list for a
+    string; a JSON list for a tuple), then the class's own checks; ``ValueError`` says which field is wrong."""
+    if not isinstance(values, dict):
+        raise ValueError(f"expected a mapping of parameters, got {type(values).__name__}")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}")
+    try:
+        text = json.dumps(values, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"parameters are not plain numbers, strings and lists ({e})") from None
+    try:
+        return TypeAdapter(config_cls).validate_json(text, strict=True)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+class _Manifest(BaseModel):
+    """The fields every policy manifest has, with their types and bounds (kinds read their own extra fields)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    kind: str = Field(max_length=64)
+    version: int = Field(ge=0, le=1_000_000)
+    nvec: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=3, max_length=3)
+    obs_dim: int = Field(ge=1, le=1_000_000)
+    layout_hash: str = Field(max_length=128)
+    scenario_hash: str | None = Field(None, max_length=128)
+    scenario: dict[str, Any]
+    policy_id: str | None = Field(None, max_length=256)
+    created: str | None = Field(None, max_length=64)
+    steps_done: int = Field(0, ge=0, le=(1 << 63) - 1)
+    seed: int | None = Field(None, ge=0, le=(1 << 64) - 1)
+    rng_state: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+
+
+def _checked_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        parts = []
+        for err in errors[:3]:
+            where = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{where}: {err['msg']}" if err["type"] != "missing" else f"missing field {where!r}")
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        listed = "; ".join(parts) + more
+        raise ArtifactError(f"{path / MANIFEST}: {listed}; not a valid adrl policy artifact") from None
 
 
 def check_params(params: dict[str, Any], allowed: set[str], agent: str) -> None:
@@ -123,9 +178,7 @@ def read_policy_manifest(
     """Read and check a policy manifest; returns it with its scenario (whose layout must match the hash)."""
     path = Path(path)
     manifest = read_manifest(path, kind=kind, version=version, name=MANIFEST)
-    for key in ("kind", "version", "nvec", "obs_dim", "layout_hash", "scenario"):
-        if key not in manifest:
-            raise ArtifactError(f"{path / MANIFEST}: missing field {key!r}; not an adrl policy artifact")
+    _checked_manifest(path, manifest)
     try:
         scenario = scenario_from_dict(manifest["scenario"], source=f"{path / MANIFEST}: scenario")
     except ConfigError as e:
@@ -135,6 +188,16 @@ def read_policy_manifest(
         raise FeatureMismatch(
             f"{path}: policy was built for feature layout {manifest['layout_hash']}, its scenario gives "
             f"{layout.hash}; the artifact was written by an incompatible adrl version"
+        )
+    if list(manifest["nvec"]) != list(scenario.action_nvec):
+        raise ArtifactError(
+            f"{path / MANIFEST}: nvec {manifest['nvec']} does not match its scenario's action "
+            f"sizes {list(scenario.action_nvec)}"
+        )
+    if manifest["obs_dim"] != layout.obs_dim:
+        raise FeatureMismatch(
+            f"{path / MANIFEST}: obs_dim {manifest['obs_dim']} does not match its scenario's "
+            f"feature layout ({layout.obs_dim} features)"
         )
     return manifest, scenario
 
@@ -167,33 +230,39 @@ def read_learner(cls: Any, config_cls: Any, path: Path | str) -> tuple[Any, dict
     if isinstance(state, dict) and getattr(agent, "rng", None) is not None:
         try:
             agent.rng.bit_generator.state = state
-        except (TypeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"{Path(path) / MANIFEST}: invalid rng_state ({e})") from e
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise ArtifactError(f"{Path(path) / MANIFEST}: invalid rng_state ({e})") from None
     return agent, manifest
 
 
 def agent_config(config_cls: Any, manifest: dict[str, Any], path: Path | str) -> Any:
     """``config_cls(**manifest["config"])``, or an ``ArtifactError`` naming the artifact when it does not validate."""
     try:
-        return config_cls(**manifest["config"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ArtifactError(f"{Path(path) / MANIFEST}: invalid agent config ({e})") from e
+        return typed_config(config_cls, manifest.get("config"))
+    except ValueError as e:
+        raise ArtifactError(f"{Path(path) / MANIFEST}: invalid agent config ({e})") from None
 
 
 def load_policy_artifact(path: Path | str, *, expect_layout: FeatureLayout | None = None) -> Any:
     """Load any registered policy kind from ``path``; refuse it if ``expect_layout`` differs from its layout."""
     path = Path(path)
-    manifest = read_manifest(path, name=MANIFEST)
+    manifest, scenario = read_policy_manifest(path)  # the one check of the common fields, for every caller
     _import_builtin_kinds()
-    kind = manifest.get("kind")
+    kind = manifest["kind"]
     if kind not in _LOADERS:
         raise ArtifactError(f"{path / MANIFEST}: unknown policy kind {kind!r}; known kinds are {sorted(_LOADERS)}")
-    if expect_layout is not None and manifest.get("layout_hash") != expect_layout.hash:
+    if expect_layout is not None and manifest["layout_hash"] != expect_layout.hash:
         raise FeatureMismatch(
-            f"{path}: policy feature layout {manifest.get('layout_hash')} does not match the environment's "
+            f"{path}: policy feature layout {manifest['layout_hash']} does not match the environment's "
             f"{expect_layout.hash}; was it trained on another scenario?"
         )
-    return _LOADERS[str(kind)](path)
+    policy = _LOADERS[kind](path)
+    if tuple(getattr(policy, "nvec", ())) != scenario.action_nvec:
+        raise ArtifactError(
+            f"{path}: policy action sizes {tuple(getattr(policy, 'nvec', ()))} differ from the scenario's "
+            f"{scenario.action_nvec}"
+        )
+    return policy
 
 
 def _import_builtin_kinds() -> None:

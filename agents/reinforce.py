@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adrl.agents.base import EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
+from adrl.agents.base import MAX_HIDDEN, EpisodeTracker, FactoredPolicy, Learner, NeuralFeatures, check_obs
 from adrl.agents.registry import agent_params, read_learner, register_kind, write_learner_manifest
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.behavior.training import torch_threads
@@ -41,6 +41,8 @@ class ReinforceConfig:
         for name in ("hidden", "log_every", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden > MAX_HIDDEN:  # checked before the network is allocated
+            raise ValueError(f"hidden must be at most {MAX_HIDDEN}, got {self.hidden}")
         for name in ("lr", "value_lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from adrl.agents.baselines import GreedyPolicy
 from adrl.agents.factory import load_preset
 from adrl.cli import app
 from adrl.errors import ConfigError
@@ -65,9 +66,13 @@ def test_the_cli_reports_an_alias_bomb_without_a_traceback(tmp_path: Path) -> No
 def _out_cases(tmp_path: Path) -> list[tuple[list[str], Path]]:
     logs = tmp_path / "logs.parquet"
     assert CliRunner().invoke(app, ["simulate", "--users", "60", "--out", str(logs), "--seed", "1"]).exit_code == 0
+    GreedyPolicy(Scenario()).save(tmp_path / "greedy")
+    ope = ["ope", "--logs", str(logs), "--policy", str(tmp_path / "greedy"), "--estimand", "step"]
     return [
         (["simulate", "--users", "20", "--out"], logs),
         (["fit", "--logs", str(logs), "--epochs", "1", "--no-baselines", "--out"], tmp_path / "model"),
+        ([*ope, "--estimators", "ips", "--n-boot", "0", "--out"], tmp_path / "ope.json"),
+        (["train", "--agent", "greedy", "--out"], tmp_path / "run"),
     ]
 
 

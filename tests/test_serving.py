@@ -234,7 +234,7 @@ def test_recovery_skips_a_torn_line_and_joins_pending_decisions_once(policy_dir,
     obs = policy.encode({"segment": "office"}, {"hour": 3})[None, :].repeat(5, axis=0)
     arrays = policy.decide_arrays(obs)
     ids, _ = log.record_decisions(["e"] * 5, [None] * 5, ["bob"] * 5, obs, arrays.action, arrays.propensity,
-                                  arrays.components)  # fmt: skip
+                                  arrays.components, lambda ids, steps: (ids, steps))  # fmt: skip
     log.record_feedback(ids[1], click=True)
     with pytest.raises(UnknownDecision):
         log.record_feedback("zzz-1")

@@ -53,6 +53,13 @@ def test_resume_continues_the_step_count_and_the_curve(tmp_path: Path) -> None:
     after = metric_steps(out)
     assert after[: len(before)] == before and after == sorted(set(after))  # extended, no duplicated steps
     assert second["steps_done"] >= 24_000 > first["steps_done"]
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    resumed = len(before)  # the first row the resumed run wrote
+    for column in ("episodes", "wall_seconds"):  # running totals continue from the checkpoint, never restart
+        values = [float(r[column]) for r in rows]
+        assert values == sorted(values), (column, values)
+        assert values[resumed] > values[resumed - 1] > 0, (column, values)
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path: Path) -> None:
@@ -61,7 +68,9 @@ def test_an_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     assert runner.invoke(app, ["train", "--agent", "greedy", "--out", str(out)]).exit_code == 0
     manifest = (out / "policy" / "manifest.json").read_text()
     result = runner.invoke(app, ["train", "--agent", "greedy", "--out", str(out)])
-    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert (
+        result.exit_code == 2 and "already exists; pass --force to replace it, --resume to continue it" in result.output
+    )
     assert (out / "policy" / "manifest.json").read_text() == manifest
 
 

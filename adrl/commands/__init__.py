@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import typer
 from rich.console import Console
@@ -15,9 +18,18 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn an ``AdrlError`` into one red line on stderr and exit code 2 (no traceback)."""
+def cli_errors(*, sigterm: bool = False) -> Iterator[None]:
+    """Turn an ``AdrlError`` into one red line on stderr and exit code 2 (no traceback). With ``sigterm``, SIGTERM
+    interrupts like Ctrl-C, so a stopped command unwinds and removes its temporary files (for commands that write
+    one output atomically; serve and train handle their signals themselves)."""
+    previous = None
+    if sigterm and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     except AdrlError as e:
@@ -26,3 +38,6 @@ def cli_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]; rerun with --resume where the command offers it")
         raise typer.Exit(code=130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         Example: adrl evaluate --policy runs/q_learning/policy --policy runs/greedy/policy
         --env adrl/AdPlacement-v0 --episodes 2000 --seed 0 --by segment
         """
-        with cli_errors():
+        with cli_errors(sigterm=True):
             if by is not None and by not in BY_CHOICES:
                 raise ConfigError(f"--by must be one of {list(BY_CHOICES)}, got {by!r}")
             if out is not None:

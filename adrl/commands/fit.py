@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         Example (Open Bandit Dataset, click head only): adrl fit --format obd --logs ../shared/data/obd
         --out runs/behavior-obd
         """
-        with cli_errors():
+        with cli_errors(sigterm=True):
             is_obd = data_format is LogFormat.obd
             if is_obd and scenario is not None:
                 raise ConfigError("--scenario applies to adrl logs only; OBD data has its own items and features")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from adrl.commands import cli_errors, console
 from adrl.errors import ConfigError, FeatureMismatch
-from adrl.io import atomic_open
+from adrl.io import atomic_open, check_output
 from adrl.ope.estimate import Estimate
 from adrl.ope.run import ALL_ESTIMATORS, ESTIMAND_DEFAULTS, SCOPE, OPEResult, evaluate, parse_estimators
 
@@ -273,6 +273,7 @@ def register(app: typer.Typer) -> None:
         folds: Annotated[int, typer.Option(min=2, help="cross-fitting folds for reward models and FQE")] = 2,
         n_sim: Annotated[int, typer.Option(min=1000, help="OBD: Monte-Carlo rounds for BTS's distribution")] = 100_000,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+        force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
         """Estimate candidate policies' return per user-day from logged decisions, rank them, say which to ship.
 
@@ -282,7 +283,9 @@ def register(app: typer.Typer) -> None:
 
         Open Bandit Dataset: adrl ope --format obd --logs ../shared/data/obd --campaign all --policy bts
         """
-        with cli_errors():
+        with cli_errors(sigterm=True):
+            if out is not None:
+                check_output(out, kind="file", force=force)
             if log_format is LogFormat.obd:
                 if len(policy) != 1:
                     raise ConfigError(f"with --format obd give one --policy, got {len(policy)}")

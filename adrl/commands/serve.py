@@ -22,7 +22,11 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
         log_dir: Annotated[
-            Path | None, typer.Option(help="decision/feedback log directory (journal + joined parquet); off if unset")
+            Path | None,
+            typer.Option(
+                help="decision/feedback log directory (journal + joined parquet); off if unset. An existing log of "
+                "the same market is continued, never replaced (it is append-only, so serve has no --force)"
+            ),
         ] = None,
         api_key_env: Annotated[
             str | None, typer.Option(help="environment variable holding the API key; /v1/* then needs it")

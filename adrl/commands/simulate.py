@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         Example: adrl simulate --scenario configs/scenarios/default.yaml --users 10000
         --logging-policy epsilon-greedy --seed 0 --out runs/logs.parquet
         """
-        with cli_errors():
+        with cli_errors(sigterm=True):
             rates = parse_epsilon(epsilon)
             sc = resolve_scenario(scenario)
             check_output(out, kind="file", force=force)

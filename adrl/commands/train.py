@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--set", help="override one agent parameter: key=value (repeatable)")
         ] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")] = False,
+        force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
         """Train an agent and export its policy to OUT/policy.
 
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
                 checkpoint_every=checkpoint_every,
                 overrides=parse_overrides(set_ or []),
                 resume=resume,
+                force=force,
             )
             if "interrupted" in summary:
                 err_console.print(

@@ -25,15 +25,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adrl.errors import AdrlError
 from adrl.policy import Decision
-from adrl.requests import DecisionRequest, InvalidRequest
+from adrl.requests import InvalidRequest
+from adrl.serving.bodies import FEEDBACK_VALUES, LARGE_BODY, LargeBodies, max_request_values
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.metrics import CONTENT_TYPE
+from adrl.serving.openapi import decision_body, request_schemas
 from adrl.serving.service import (
     _FEEDBACK,
     MAX_BATCH,
@@ -81,16 +83,16 @@ class ErrorOut(BaseModel):
 class MicroBatcher:
     """Runs ``fn`` once for every item submitted during one event-loop pass (at most ``max_batch`` at a time)."""
 
-    def __init__(self, fn: Callable[[list[Prepared]], list[dict[str, Any]]], max_batch: int = 256) -> None:
+    def __init__(self, fn: Callable[[list[Prepared]], list[bytes]], max_batch: int = 256) -> None:
         self.fn = fn
         self.max_batch = max_batch
         self._items: list[Prepared] = []
-        self._futures: list[asyncio.Future[dict[str, Any]]] = []
+        self._futures: list[asyncio.Future[bytes]] = []
         self._scheduled = False
 
-    async def submit(self, item: Prepared) -> dict[str, Any]:
+    async def submit(self, item: Prepared) -> bytes:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        fut: asyncio.Future[bytes] = loop.create_future()
         self._items.append(item)
         self._futures.append(fut)
         if len(self._items) >= self.max_batch:
@@ -250,6 +252,10 @@ def error_reply(e: Exception, route: str, service: PolicyService) -> tuple[int, 
     return status, dumps(body)
 
 
+def _each_as_json(responses: list[dict[str, Any]]) -> list[bytes]:
+    return [dumps(r) for r in responses]
+
+
 class DecisionHandler:
     """``POST /v1/decisions``: one request object or a list, as an ASGI handler and as a FastAPI route body."""
 
@@ -257,15 +263,21 @@ class DecisionHandler:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
-        self.batcher = MicroBatcher(partial(service.decide_prepared, share=True))
+        self.batcher = MicroBatcher(partial(service.decide_prepared, share=True, encode=_each_as_json))
+        self.large = LargeBodies(max_batch=max_batch, max_values=max_request_values(service.policy.layout.obs_dim))
 
     async def decide(self, body: bytes) -> bytes:
         """Response JSON for a request body (raises :class:`InvalidRequest` and friends)."""
-        parsed = parse_decision_body(body, max_batch=self.max_batch)
+        if len(body) > LARGE_BODY:  # measured off the event loop first, then validated in chunks
+            parsed = await self.large.decisions(body)
+        else:
+            parsed = parse_decision_body(body, max_batch=self.max_batch)
         service = self.service
         if isinstance(parsed, list):
-            return dumps(service.decide_validated(parsed, share=True))  # one encoding, policy call and journal write
-        return dumps(await self.batcher.submit(service.prepare(parsed, validated=True)))
+            return service.decide_validated(
+                parsed, share=True, encode=dumps
+            )  # one encoding, policy call, journal write
+        return await self.batcher.submit(service.prepare(parsed, validated=True))
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -332,7 +344,12 @@ async def post_decisions(request: Request) -> Response:
 )
 async def post_feedback(request: Request, service: Service) -> Response:
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
-    return Response(dumps(service.feedback(parse_feedback_body(body))), media_type=JSON)
+    if len(body) > LARGE_BODY:
+        large: LargeBodies = request.app.state.decisions.large
+        parsed = await large.one(_FEEDBACK, body, FEEDBACK_VALUES)
+    else:
+        parsed = parse_feedback_body(body)
+    return Response(dumps(service.feedback(parsed)), media_type=JSON)
 
 
 @router.get("/policy", summary="The served policy: ids, action names, features, exploration, log settings")
@@ -405,11 +422,11 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            _, defs = TypeAdapter.json_schemas(
-                [("decision", "validation", TypeAdapter(DecisionRequest)), ("feedback", "validation", _FEEDBACK)],
-                ref_template="#/components/schemas/{model}",
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                request_schemas(service.policy.layout, _FEEDBACK)
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            body = schema["paths"]["/v1/decisions"]["post"]["requestBody"]["content"][JSON]
+            body["schema"] = decision_body(max_batch)
             if api_key:
                 schema["components"]["securitySchemes"] = {
                     "bearer": {"type": "http", "scheme": "bearer"},

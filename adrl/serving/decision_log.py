@@ -37,10 +37,10 @@ import threading
 import time
 from binascii import b2a_base64
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from zlib import crc32
 
 import numpy as np
@@ -48,7 +48,7 @@ import orjson
 
 from adrl.errors import AdrlError, ConfigError, FeatureMismatch
 from adrl.features import FeatureLayout
-from adrl.io import read_json, write_json_atomic
+from adrl.io import check_output, read_json, write_json_atomic
 from adrl.logs import LogWriter, logged_columns
 from adrl.requests import InvalidRequest
 from adrl.scenario import HOURS_PER_DAY, Scenario
@@ -98,6 +98,7 @@ Pending = tuple[int, str, float, int, int, int, bytes, tuple[int, int, int], flo
 # feedback merged so far: (click, conversion, leave, shown)
 Outcome = tuple[bool, bool, bool, bool]
 NO_FEEDBACK: Outcome = (False, False, False, True)
+R = TypeVar("R")
 
 
 def merge_outcome(old: Outcome | None, click: bool, conversion: bool, leave: bool, shown: bool) -> Outcome:
@@ -241,13 +242,16 @@ class DecisionLog:
         self.started = False
 
     def _open_dir(self, log_dir: Path) -> None:
+        # an append-only log is continued, never replaced: an existing one is fine, a file or unwritable place is not
+        check_output(log_dir, kind="directory", force=True, flag="--log-dir")
         meta_path = log_dir / "log.json"
         if meta_path.is_file():
             meta = read_json(meta_path, what="decision log metadata")
             if meta.get("layout_hash") != self.layout.hash:
                 raise FeatureMismatch(
                     f"{log_dir}: the log holds feature layout {meta.get('layout_hash')!r}, this "
-                    f"policy uses {self.layout.hash}; use another --log-dir for this policy"
+                    f"policy uses {self.layout.hash}; an append-only log is never replaced: use another --log-dir for "
+                    "this policy"
                 )
             self.token = str(meta["token"])
         else:
@@ -270,6 +274,10 @@ class DecisionLog:
 
     def _recover(self) -> None:
         assert self.log_dir is not None
+        # the journal is the truth: a restart of this object (start after close) must not hold its decisions twice
+        self._pending.clear()
+        self._order.clear()
+        self._feedback.clear()
         data = self.log_dir / "data"
         for tmp in data.glob(".part-*.tmp"):  # a part being written when the process died
             tmp.unlink(missing_ok=True)
@@ -362,10 +370,13 @@ class DecisionLog:
         action: np.ndarray,
         propensity: np.ndarray,
         components: np.ndarray,
-    ) -> tuple[list[str], list[int]]:
-        """Number, journal and hold ``n`` decisions; returns their event ids and steps.
+        respond: Callable[[list[str], list[int]], R],
+    ) -> R:
+        """Number, journal and hold ``n`` decisions; returns ``respond(event ids, steps)``, the client's answer.
 
-        Returns only after the journal lines reached the OS, so an acknowledged decision survives a crash.
+        ``respond`` runs before anything is journaled or held: if it raises, nothing is recorded and no id is
+        issued, so the log never holds a decision its client was not told. Returns only after the journal lines
+        reached the OS, so an acknowledged decision survives a crash.
         """
         n = obs.shape[0]
         hash_id = self.hash_id
@@ -379,6 +390,7 @@ class DecisionLog:
         comps = components.tolist()
         ids: list[str] = []
         out_steps: list[int] = []
+        held: list[Pending] = []
         journal = self._journal
         if journal is not None:
             # the text of every line's numbers is made up front, outside the lock: the observation row as base64
@@ -394,8 +406,8 @@ class DecisionLog:
             ts = time.time()
             ts_b = repr(ts).encode()
             first = self._next_seq
-            self._next_seq += n
-            pending, order, version = self._pending, self._order, self.policy_version
+            version = self.policy_version
+            counted: dict[int, int] = {}  # next step per episode in this batch, applied only once it is recorded
             for i in range(n):
                 seq = first + i
                 eid = f"{self.token}-{seq}"
@@ -406,18 +418,20 @@ class DecisionLog:
                     ep = hash_id("episode", f"user:{users[i]}")
                 else:
                     ep = keyed_hash(self.key, "episode", f"decision:{eid}")
+                known = counted.get(ep)
+                if known is None:
+                    known = self._steps.get(ep, 0)
                 step = steps[i]
                 if step is None:
-                    step = self._steps.get(ep, 0)
-                self._count_step(ep, step)
+                    step = known
+                counted[ep] = max(step + 1, known)
                 a = acts[i]
                 pc = comps[i]
                 p: Pending = (
                     seq, eid, ts, ep, step, user_h[i], obs_rows[i], (a[0], a[1], a[2]), props[i], (pc[0], pc[1], pc[2]),
                     version,
                 )  # fmt: skip
-                pending[eid] = p
-                order.append(p)
+                held.append(p)
                 ids.append(eid)
                 out_steps.append(step)
                 if journal is not None:
@@ -426,10 +440,18 @@ class DecisionLog:
                         seq, token_b, seq, ts_b, ep, step, user_h[i], a[0], a[1], a[2], p_b, pc_b, x_b64[i]
                     )  # fmt: skip
                     lines.append(b"%08x %s\n" % (crc32(payload), payload))
+            answer = respond(ids, out_steps)  # the client's answer exists before its decisions are recorded
             if journal is not None:
-                journal.append(b"".join(lines), self._next_seq)
+                journal.append(b"".join(lines), first + n)
+            self._next_seq = first + n
+            pending, order = self._pending, self._order
+            for p in held:
+                pending[p[EVENT_ID]] = p
+            order.extend(held)
+            for ep, nxt in counted.items():
+                self._count_step(ep, nxt - 1)
             self.stats.decisions += n
-        return ids, out_steps
+        return answer
 
     def record_feedback(
         self, event_id: str, *, click: bool = False, conversion: bool = False, leave: bool = False, shown: bool = True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
@@ -23,12 +23,18 @@ from adrl.requests import (
     InvalidRequest,
     invalid_from,
     summarize_errors,
+    validate,
     validation_errors,
 )
 from adrl.serving.decision_log import MIN_KEY_BYTES, DecisionLog
 from adrl.serving.metrics import Metrics
 
 MAX_BATCH = 10_000
+R = TypeVar("R")
+
+
+def _same(responses: list[dict[str, Any]]) -> Any:
+    return responses
 
 
 class FeedbackRequest(BaseModel):
@@ -49,7 +55,7 @@ _FEEDBACK = TypeAdapter(FeedbackRequest)
 
 def _parse_json(adapter: TypeAdapter[Any], body: bytes) -> Any:
     try:
-        return adapter.validate_json(body)
+        return validate(adapter, body)
     except ValidationError as e:
         raise invalid_from(e) from None
 
@@ -228,20 +234,31 @@ class PolicyService:
         user = req.get("user")
         return Prepared(obs, req.get("episode_id"), req.get("step"), user.get("id") if user is not None else None)
 
-    def decide_prepared(self, items: Sequence[Prepared], *, share: bool = False) -> list[dict[str, Any]]:
-        """Decide for encoded requests at once (one policy call), journal them, and return response dicts."""
+    def decide_prepared(
+        self, items: Sequence[Prepared], *, share: bool = False, encode: Callable[[list[dict[str, Any]]], R] = _same
+    ) -> R:
+        """Decide for encoded requests at once (one policy call), journal them, and return ``encode(responses)``."""
         if not items:
-            return []
+            return encode([])
         obs = np.stack([it.obs for it in items]) if len(items) > 1 else items[0].obs[None, :]
         return self._decide(
-            obs, [it.episode_id for it in items], [it.step for it in items], [it.user_id for it in items], share=share
-        )
+            obs, [it.episode_id for it in items], [it.step for it in items], [it.user_id for it in items], share=share,
+            encode=encode,
+        )  # fmt: skip
 
-    def decide_validated(self, requests: Sequence[DecisionRequest], *, share: bool = False) -> list[dict[str, Any]]:
+    def decide_validated(
+        self,
+        requests: Sequence[DecisionRequest],
+        *,
+        share: bool = False,
+        encode: Callable[[list[dict[str, Any]]], R] = _same,
+    ) -> R:
         """Decide for validated requests (from :func:`parse_decision_body`): one encoding pass, one policy call,
-        one journal write. ``share``: the response dicts may share their constant parts (for immediate encoding)."""
+        one journal write. ``share``: the response dicts may share their constant parts (for immediate encoding).
+        ``encode``: what the client gets from the response dicts (e.g. JSON bytes); the decisions are journaled only
+        once it has returned, so a request that fails there leaves nothing in the log."""
         if not requests:
-            return []
+            return encode([])
         obs = self.policy.encoder.encode_many(requests)
         episodes, steps, users = [], [], []
         for r in requests:
@@ -249,7 +266,7 @@ class PolicyService:
             steps.append(r.get("step"))
             user = r.get("user")
             users.append(user.get("id") if user is not None else None)
-        return self._decide(obs, episodes, steps, users, share=share)
+        return self._decide(obs, episodes, steps, users, share=share, encode=encode)
 
     def _decide(
         self,
@@ -258,37 +275,43 @@ class PolicyService:
         steps: Sequence[int | None],
         users: Sequence[str | None],
         *,
-        share: bool = False,
-    ) -> list[dict[str, Any]]:
+        share: bool,
+        encode: Callable[[list[dict[str, Any]]], R],
+    ) -> R:
         arrays = self.policy.decide_arrays(obs)
-        ids, out_steps = self.log.record_decisions(
-            episodes, steps, users, obs, arrays.action, arrays.propensity, arrays.components
-        )  # journaled (in the OS) before anything is returned
         flat = flat_index(arrays.action, self.policy.nvec)
-        self.metrics.count_decisions(flat)
         actions = self._action_dicts
         pv, pid, explore = self.policy.policy_version, self.policy.policy_id, self._explore
-        out = [
-            {
-                "event_id": eid,
-                "episode_id": ep,
-                "step": step,
-                "action": actions[a],
-                "propensity": p,
-                "propensities": {"delay": pd, "slot": ps, "creative": pc},
-                "policy_id": pid,
-                "policy_version": pv,
-                "exploration": explore,
-            }
-            for eid, ep, step, a, p, (pd, ps, pc) in zip(
-                ids, episodes, out_steps, flat.tolist(), arrays.propensity.tolist(), arrays.components.tolist(),
-                strict=True,
-            )
-        ]  # fmt: skip
-        if not share:  # callers in process own their dicts
-            for r in out:
-                r["action"] = r["action"].copy()
-        return out
+
+        def respond(ids: list[str], out_steps: list[int]) -> R:
+            out = [
+                {
+                    "event_id": eid,
+                    "episode_id": ep,
+                    "step": step,
+                    "action": actions[a],
+                    "propensity": p,
+                    "propensities": {"delay": pd, "slot": ps, "creative": pc},
+                    "policy_id": pid,
+                    "policy_version": pv,
+                    "exploration": explore,
+                }
+                for eid, ep, step, a, p, (pd, ps, pc) in zip(
+                    ids, episodes, out_steps, flat.tolist(), arrays.propensity.tolist(), arrays.components.tolist(),
+                    strict=True,
+                )
+            ]  # fmt: skip
+            if not share:  # callers in process own their dicts
+                for r in out:
+                    r["action"] = r["action"].copy()
+            return encode(out)
+
+        # journaled (in the OS) with the answer it belongs to, before anything is returned
+        answer = self.log.record_decisions(
+            episodes, steps, users, obs, arrays.action, arrays.propensity, arrays.components, respond
+        )
+        self.metrics.count_decisions(flat)
+        return answer
 
     def decide(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """One decision for a request mapping (``user``, ``context``, ``history`` or ``obs``, ``episode_id``...)."""
