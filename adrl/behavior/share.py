@@ -26,8 +26,8 @@ from adrl.behavior.training import (
     _design,
     _make_net,
     _seed,
-    _torch_threads,
     _train,
+    torch_threads,
     unit_hash,
 )
 from adrl.errors import DataError
@@ -89,7 +89,7 @@ def fit_share_head(logs: Path | str, scenario: Scenario, cfg: FitConfig | None =
         for i in range(0, len(order), cfg.batch_size):
             yield train.take(order[i : i + cfg.batch_size])
 
-    with _torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         _train(net, batches, val, HEADS_ON, cfg, rng, len(train), False, None)
     model = BehaviorModel(
         net, data_format="adrl", heads=HEADS_ON, layout=layout, category_of=category_of,
