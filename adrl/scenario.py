@@ -385,8 +385,13 @@ class Scenario(_Model):
     @cached_property
     def content_hash(self) -> str:
         """Stable sha256 of the canonical JSON of every field (same market, same hash, across runs)."""
-        # a market without a social graph hashes as it did before the field existed
-        dump = self.model_dump(mode="json", exclude={"social"} if self.social is None else None)
+        # a market without a social graph or a price of churn hashes as it did before those fields existed
+        exclude: dict[str, Any] = {}
+        if self.social is None:
+            exclude["social"] = True
+        if not self.rewards.churn_cost:
+            exclude["rewards"] = {"churn_cost"}
+        dump = self.model_dump(mode="json", exclude=exclude or None)
         blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
