@@ -21,18 +21,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from adrl.errors import AdrlError
+from adrl.errors import AdrlError, ArtifactError, ConfigError
 from adrl.policy import Decision
-from adrl.requests import DecisionRequest, InvalidRequest
+from adrl.requests import DecisionRequest, InvalidRequest, invalid_from
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
+from adrl.serving.experiment import ArmSpec
 from adrl.serving.metrics import CONTENT_TYPE
 from adrl.serving.service import (
     _FEEDBACK,
@@ -55,7 +57,10 @@ _JSON_BYTES = JSON.encode()
 _UNAUTHORIZED = dumps(
     {"detail": "missing or invalid API key; send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"}
 )
-ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
+ROUTES = (
+    "/v1/decisions", "/v1/feedback", "/v1/policy", "/v1/experiment", "/v1/admin/experiment", "/healthz", "/metrics",
+    "/openapi.json", "/docs",
+)  # fmt: skip
 
 
 MIN_API_KEY_CHARS = 16  # `adrl serve` refuses shorter keys: a guessable key is no authentication
@@ -75,6 +80,23 @@ class FeedbackOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]]
     message: str | None = None
+
+
+class ArmIn(BaseModel):
+    """An arm to add, or to replace the same-named arm with."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=64)
+    policy: str = Field(min_length=1, max_length=4096, description="policy artifact directory on the server")
+    exploration: str = Field("none", max_length=64)
+
+
+class SwapIn(BaseModel):
+    """A hot swap: arms replaced or added, and/or a new split (percent per arm, in the resulting arm order)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    arms: list[ArmIn] = Field(default_factory=list, max_length=16)
+    split: list[float] | None = Field(None, max_length=16)
 
 
 # ---- micro-batching ------------------------------------------------------------------------------------------
@@ -320,8 +342,8 @@ async def post_decisions(request: Request) -> Response:
 
 @router.post(
     "/feedback",
-    summary="Report click / conversion / leave for a decision id",
-    openapi_extra=_json_body("FeedbackRequest"),
+    summary="Report click / conversion / leave for a decision id (or a list of such reports)",
+    openapi_extra=_json_body("FeedbackRequest", many=True),
     responses={
         200: {"model": FeedbackOut},
         404: {"model": ErrorOut, "description": "unknown decision id"},
@@ -332,7 +354,43 @@ async def post_decisions(request: Request) -> Response:
 )
 async def post_feedback(request: Request, service: Service) -> Response:
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
-    return Response(dumps(service.feedback(parse_feedback_body(body))), media_type=JSON)
+    parsed = parse_feedback_body(body)
+    if isinstance(parsed, list):
+        return Response(dumps(service.feedback_batch(parsed)), media_type=JSON)
+    return Response(dumps(service.feedback(parsed)), media_type=JSON)
+
+
+@router.get("/experiment", summary="The experiment: arms, split, decisions per arm and the history of versions")
+async def get_experiment(service: Service) -> dict[str, Any]:
+    if service.experiment is None:
+        return {"experiment": None, "arms": [], "split": [100.0], "policy_version": service.policy.policy_version}
+    return service.experiment.describe()
+
+
+@router.post(
+    "/admin/experiment",
+    summary="Hot swap: replace or add an arm, or change the split (needs the API key; refused when auth is off)",
+    openapi_extra={"requestBody": {"required": True, "content": {JSON: {"schema": SwapIn.model_json_schema()}}}},
+    responses={403: {"model": ErrorOut, "description": "auth is off"}, **_ERRORS},
+)
+async def post_swap(request: Request, service: Service) -> Response:
+    if not request.app.state.auth:
+        return Response(
+            dumps({"detail": "hot swap needs authentication; start adrl serve with --api-key-env"}),
+            status_code=403,
+            media_type=JSON,
+        )
+    body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
+    try:
+        swap = SwapIn.model_validate_json(body)
+    except ValidationError as e:
+        raise invalid_from(e) from None
+    specs = [ArmSpec(a.name, Path(a.policy), a.exploration) for a in swap.arms]
+    try:  # policies load on a thread: decisions keep being served by the current version meanwhile
+        out = await asyncio.to_thread(service.swap, specs, swap.split)
+    except (ConfigError, ArtifactError) as e:  # a bad arm, artifact or split: nothing changed
+        raise InvalidRequest(str(e), [{"loc": [], "msg": str(e), "type": "value_error"}]) from None
+    return Response(dumps(out), media_type=JSON)
 
 
 @router.get("/policy", summary="The served policy: ids, action names, features, exploration, log settings")
@@ -395,6 +453,7 @@ def create_app(
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
+    app.state.auth = bool(api_key)
     decisions = app.state.decisions = DecisionHandler(service, max_body_bytes=max_body_bytes, max_batch=max_batch)
     app.include_router(router)
     app.include_router(ops_router)
