@@ -80,6 +80,10 @@ def register(app: typer.Typer) -> None:
         ] = 5.0,
         max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body, MiB (else 413)")] = 8.0,
         seed: Annotated[int | None, typer.Option(min=0, help="seed of the action sampler")] = None,
+        workers: Annotated[
+            int,
+            typer.Option(min=1, max=64, help="worker processes on the one port (each logs to DIR/worker-<k>)"),
+        ] = 1,
     ) -> None:
         """Serve a policy, or an A/B experiment between policies, over HTTP: decisions, feedback, metrics, health.
 
@@ -124,6 +128,9 @@ def register(app: typer.Typer) -> None:
                 fsync_interval=fsync_interval,
                 flush_interval=flush_interval,
             )
+            if workers > 1:
+                _serve_workers(cfg, workers, host=host, port=port, api_key_env=api_key_env, max_body_mb=max_body_mb)
+                return
             service = PolicyService.from_config(cfg)
             service.start()  # recover the log now, so a broken log directory fails before listening
             gc.collect()
@@ -142,3 +149,32 @@ def register(app: typer.Typer) -> None:
                 soft_wrap=True,
             )
             uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=10, **uvicorn_options())
+
+
+def _serve_workers(
+    cfg: ServeConfig, workers: int, *, host: str, port: int, api_key_env: str | None, max_body_mb: float
+) -> None:
+    """Check the configuration once here (policies load, the key is set), then supervise the workers."""
+    from adrl.serving.service import log_key_from_env
+    from adrl.serving.workers import run_workers, spec_to_mapping
+
+    if cfg.log_dir is not None and not os.environ.get(cfg.log_key_env):
+        raise ConfigError(
+            f"--workers {workers} with a log needs ${cfg.log_key_env} set (one hashing key for every worker; "
+            "--ephemeral-log-key would give each worker its own)"
+        )
+    log_key_from_env(cfg.log_key_env, logging=cfg.log_dir is not None, ephemeral=False)
+    probe = PolicyService.from_config(ServeConfig(**{**cfg.__dict__, "log_dir": None}))  # loads every arm
+    config = {
+        "policy": str(cfg.policy.resolve()), "exploration": cfg.exploration, "seed": cfg.seed,
+        "feedback_window": cfg.feedback_window, "default_reward": cfg.default_reward, "log_key_env": cfg.log_key_env,
+        "ephemeral_log_key": cfg.ephemeral_log_key, "rotate_mb": cfg.rotate_mb, "fsync_interval": cfg.fsync_interval,
+        "flush_interval": cfg.flush_interval, "experiment": spec_to_mapping(cfg.experiment),
+        "api_key_env": api_key_env, "max_body_bytes": int(max_body_mb * (1 << 20)),
+    }  # fmt: skip
+    console.print(
+        f"serving {probe.policy.policy_version}{' (experiment)' if probe.experiment else ''} with {workers} workers "
+        f"on http://{host}:{port}; log: {cfg.log_dir or 'off'} (worker-<k> parts)",
+        soft_wrap=True,
+    )
+    run_workers(workers, host=host, port=port, config=config, log_dir=cfg.log_dir)

@@ -36,9 +36,11 @@ from adrl.requests import DecisionRequest, InvalidRequest, invalid_from
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
 from adrl.serving.experiment import ArmSpec
 from adrl.serving.metrics import CONTENT_TYPE
+from adrl.serving.peers import Peers
 from adrl.serving.service import (
     _FEEDBACK,
     MAX_BATCH,
+    FeedbackRequest,
     PolicyService,
     Prepared,
     dumps,
@@ -355,16 +357,72 @@ async def post_decisions(request: Request) -> Response:
 async def post_feedback(request: Request, service: Service) -> Response:
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
     parsed = parse_feedback_body(body)
+    items = parsed if isinstance(parsed, list) else [parsed]
+    peers: Peers | None = request.app.state.peers
+    if peers is not None and any(peers.owns(i.decision_id.rpartition("-")[0]) for i in items):
+        return await _feedback_across_workers(service, peers, items, many=isinstance(parsed, list))
     if isinstance(parsed, list):
         return Response(dumps(service.feedback_batch(parsed)), media_type=JSON)
     return Response(dumps(service.feedback(parsed)), media_type=JSON)
 
 
+async def _feedback_across_workers(
+    service: PolicyService, peers: Peers, items: list[FeedbackRequest], *, many: bool
+) -> Response:
+    """Feedback for other workers' decisions goes to them (they hold the windows); answers keep the order."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.decision_id.rpartition("-")[0], []).append(i)
+    results: list[Any] = [None] * len(items)
+    for token, idx in groups.items():
+        if peers.owns(token):
+            status, body = await peers.call(token, {"op": "feedback", "items": [items[i].model_dump() for i in idx]})
+            if status != 200:
+                return Response(dumps(body), status_code=status, media_type=JSON)
+        else:
+            body = service.feedback_batch([items[i] for i in idx])
+        for i, r in zip(idx, body, strict=True):
+            results[i] = r
+    return Response(dumps(results if many else results[0]), media_type=JSON)
+
+
+async def peer_handler(service: PolicyService, message: dict[str, Any]) -> tuple[int, Any]:
+    """What one worker answers another (see :mod:`adrl.serving.workers`): feedback, a swap, the experiment."""
+    op = message.get("op")
+    try:
+        if op == "feedback":
+            return 200, service.feedback_batch([FeedbackRequest.model_validate(x) for x in message["items"]])
+        if op == "swap":
+            specs = [ArmSpec(a["name"], Path(a["policy"]), a["exploration"]) for a in message["arms"]]
+            return 200, await asyncio.to_thread(service.swap, specs, message.get("split"))
+        if op == "experiment":
+            return 200, None if service.experiment is None else service.experiment.describe()
+    except Exception as e:
+        known = error_status(e)
+        if known is None:
+            return 500, {"detail": f"{type(e).__name__}: {e}"}
+        status, reason, detail, msg = known
+        service.metrics.count_error("/v1/feedback" if op == "feedback" else "/v1/admin/experiment", reason)
+        return status, {"detail": detail, **({"message": msg} if msg else {})}
+    return 400, {"detail": f"unknown peer operation {op!r}"}
+
+
 @router.get("/experiment", summary="The experiment: arms, split, decisions per arm and the history of versions")
-async def get_experiment(service: Service) -> dict[str, Any]:
+async def get_experiment(request: Request, service: Service) -> dict[str, Any]:
     if service.experiment is None:
         return {"experiment": None, "arms": [], "split": [100.0], "policy_version": service.policy.policy_version}
-    return service.experiment.describe()
+    out = service.experiment.describe()
+    peers: Peers | None = request.app.state.peers
+    if peers is not None:  # decisions per arm over every worker
+        out["workers"] = 1
+        for token in peers.others():
+            status, other = await peers.call(token, {"op": "experiment"})
+            if status == 200 and other:
+                out["workers"] += 1
+                counts = {a["name"]: a["decisions"] for a in other["arms"]}
+                for a in out["arms"]:
+                    a["decisions"] += counts.get(a["name"], 0)
+    return out
 
 
 @router.post(
@@ -390,6 +448,17 @@ async def post_swap(request: Request, service: Service) -> Response:
         out = await asyncio.to_thread(service.swap, specs, swap.split)
     except (ConfigError, ArtifactError) as e:  # a bad arm, artifact or split: nothing changed
         raise InvalidRequest(str(e), [{"loc": [], "msg": str(e), "type": "value_error"}]) from None
+    peers: Peers | None = request.app.state.peers
+    if peers is not None:  # then every other worker, with the same arms and split
+        message = {"op": "swap", "arms": [a.model_dump() for a in swap.arms], "split": swap.split}
+        out["workers"] = 1
+        out["worker_errors"] = []
+        for token in peers.others():
+            status, body = await peers.call(token, message)
+            if status == 200:
+                out["workers"] += 1
+            else:
+                out["worker_errors"].append({"worker": token, "status": status, "detail": body})
     return Response(dumps(out), media_type=JSON)
 
 
@@ -424,6 +493,7 @@ def create_app(
     max_body_bytes: int = 8 << 20,
     max_batch: int = MAX_BATCH,
     manage_service: bool = True,
+    peers: Peers | None = None,
 ) -> FastAPI:
     """The HTTP app around ``service`` (put on ``app.state``).
 
@@ -433,15 +503,20 @@ def create_app(
             ``/healthz``, ``/metrics`` and the OpenAPI document stay open.
         max_body_bytes: larger request bodies get 413.
         max_batch: most decisions in one list request.
+        peers: the other workers of ``adrl serve --workers N`` (feedback for their decisions is forwarded).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_service:
             service.start()
+        if peers is not None:
+            await peers.serve(partial(peer_handler, service))
         try:
             yield
         finally:
+            if peers is not None:
+                await peers.close()
             if manage_service:
                 service.close()  # graceful shutdown: join closed windows, write parquet, fsync the journal
 
@@ -454,6 +529,7 @@ def create_app(
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
     app.state.auth = bool(api_key)
+    app.state.peers = peers
     decisions = app.state.decisions = DecisionHandler(service, max_body_bytes=max_body_bytes, max_batch=max_batch)
     app.include_router(router)
     app.include_router(ops_router)

@@ -236,12 +236,14 @@ class PolicyService:
     def start(self) -> PolicyService:
         started = self.log.started
         self.log.start()
+        self.metrics.start()
         if self.experiment is not None and not started:
             self.log.record_experiment(self.experiment.history[-1])
         return self
 
     def close(self) -> None:
         self.log.close()
+        self.metrics.stop()
 
     def drain(self) -> int:
         """Join and write every pending decision now, windows open or not (the traffic is over); rows written."""
@@ -359,6 +361,7 @@ class PolicyService:
             arrays = experiment.arms[k].policy.decide_arrays(obs[rows])
             action[rows], propensity[rows], components[rows] = arrays.action, arrays.propensity, arrays.components
             experiment.arms[k].decisions += len(rows)
+            self.metrics.count_arm(experiment.arms[k].spec.name, len(rows))
         tags = [experiment.arms[k].tag for k in arm_of.tolist()]
         ids, out_steps = self.log.record_decisions(
             episodes, steps, users, obs, action, propensity, components,
@@ -440,7 +443,7 @@ class PolicyService:
             shown=request.shown,
         )
         outcome = "conversion" if request.conversion else "click" if request.click else "no_click"
-        self.metrics.feedback[outcome] += 1
+        self.metrics.count_feedback(outcome)
         return result
 
     def feedback_batch(self, requests: Sequence[FeedbackRequest | Mapping[str, Any]]) -> list[dict[str, Any]]:
