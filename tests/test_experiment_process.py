@@ -186,3 +186,53 @@ def test_hot_swap_under_load_fails_no_request_and_loses_no_decision(policies, tm
     # every decision is logged with the version that made it
     by_id = df.set_index("event_id")
     assert all(by_id.loc[d["event_id"], "policy_version"] == d["policy_version"] for d in acked[::37])
+
+
+def test_two_workers_share_the_port_forward_feedback_and_merge_their_logs(policies, tmp_path):
+    log = tmp_path / "log"
+    proc, base = serve(["--policy", str(policies["greedy"]), "--policy", str(policies["pacing"]), "--split", "50,50",
+                        "--log-dir", str(log), "--feedback-window", "30", "--flush-interval", "0.1", "--workers", "2",
+                        "--api-key-env", "TEST_API_KEY", "--seed", "2"])  # fmt: skip
+    try:
+        ids: list[str] = []
+        tokens: set[str] = set()
+        for i in range(60):  # a new connection each time, so the kernel spreads them over both workers
+            with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
+                d = c.post("/v1/decisions", json={"user": {"id": f"w{i}", "segment": "office"}, "context": {"hour": 9}})
+                ids.append(d.json()["event_id"])
+                tokens.add(ids[-1].rpartition("-")[0])
+            if len(tokens) == 2 and i >= 20:
+                break
+        assert len(tokens) == 2, "every connection went to one worker"
+        for eid in ids:  # feedback on fresh connections too: often the other worker, which forwards it
+            with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
+                assert c.post("/v1/feedback", json={"decision_id": eid, "click": True}).status_code == 200
+        with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
+            r = c.post("/v1/feedback", json=[{"decision_id": eid, "conversion": True} for eid in ids])
+            assert r.status_code == 200 and [x["decision_id"] for x in r.json()] == ids
+            assert c.post("/v1/feedback", json={"decision_id": f"{min(tokens)}-999999"}).status_code == 404
+            exp = c.get("/v1/experiment").json()
+            assert exp["workers"] == 2 and sum(a["decisions"] for a in exp["arms"]) == len(ids)
+            swap = c.post("/v1/admin/experiment", json={"split": [30, 70]}).json()
+            assert swap["workers"] == 2 and not swap["worker_errors"]
+            assert c.get("/v1/experiment").json()["split"] == [30.0, 70.0]
+            time.sleep(1.2)  # each worker adds its counts to the shared metrics files once a second
+            text = c.get("/metrics").text
+        total = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("adrl_decisions_total{"))
+        assert total == len(ids)  # one scrape covers both workers (prometheus multiprocess mode)
+    finally:
+        stop(proc)
+    assert sorted(p.name for p in log.iterdir()) == ["worker-0", "worker-1"]
+    # open windows are joined after a restart; here the one-worker recovery of each worker's directory does it
+    from adrl.policy import load_policy
+    from adrl.serving.decision_log import DecisionLog
+
+    for k in (0, 1):
+        p = load_policy(policies["greedy"])
+        d = DecisionLog(p.scenario, log_dir=log / f"worker-{k}", key=KEY.encode(), policy_version="r",
+                        feedback_window=0.01, flush_interval=0.05, experiment=True)  # fmt: skip
+        d.start()
+        time.sleep(0.05)
+        d.close()
+    df = read_logs(log)  # the reader merges both workers' parts
+    assert set(df["event_id"]) == set(ids) and df["click"].all() and df["conversion"].all()

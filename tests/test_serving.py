@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from adrl.agents.baselines import GreedyPolicy
 from adrl.errors import ConfigError, FeatureMismatch

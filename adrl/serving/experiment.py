@@ -211,6 +211,8 @@ class Experiment:
     unassigned: int = 0
 
     def __post_init__(self) -> None:
+        if len(self.split) != len(self.arms):
+            raise ConfigError(f"{len(self.arms)} arm(s) need {len(self.arms)} split value(s), got {len(self.split)}")
         check_layouts(self.arms)
         self.bounds = bounds_of(self.split)
         self._lock = threading.Lock()
