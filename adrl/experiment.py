@@ -259,8 +259,11 @@ def _cuped(
 
 
 def experiment_history(log_dir: Path) -> list[dict[str, Any]]:
-    """The versions the server served (``DIR/experiment.jsonl``), oldest first; [] if absent."""
+    """The versions the server served (``DIR/experiment.jsonl``, or worker 0's under ``--workers N``: every worker
+    applies every version), oldest first; [] if absent."""
     path = log_dir / "experiment.jsonl"
+    if not path.is_file():
+        path = log_dir / "worker-0" / "experiment.jsonl"
     if not path.is_file():
         return []
     out = []

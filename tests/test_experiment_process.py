@@ -229,10 +229,14 @@ def test_two_workers_share_the_port_forward_feedback_and_merge_their_logs(polici
 
     for k in (0, 1):
         p = load_policy(policies["greedy"])
-        d = DecisionLog(p.scenario, log_dir=log / f"worker-{k}", key=KEY.encode(), policy_version="r",
-                        feedback_window=0.01, flush_interval=0.05, experiment=True)  # fmt: skip
-        d.start()
+        recovered = DecisionLog(p.scenario, log_dir=log / f"worker-{k}", key=KEY.encode(), policy_version="r",
+                                feedback_window=0.01, flush_interval=0.05, experiment=True)  # fmt: skip
+        recovered.start()
         time.sleep(0.05)
-        d.close()
+        recovered.close()
     df = read_logs(log)  # the reader merges both workers' parts
     assert set(df["event_id"]) == set(ids) and df["click"].all() and df["conversion"].all()
+    from adrl.experiment import report
+
+    out = report(log, ope=False)  # one readout over both workers' logs
+    assert out["versions"] == 2 and sum(out["users"].values()) == len(ids)

@@ -347,7 +347,7 @@ async def post_decisions(request: Request) -> Response:
     summary="Report click / conversion / leave for a decision id (or a list of such reports)",
     openapi_extra=_json_body("FeedbackRequest", many=True),
     responses={
-        200: {"model": FeedbackOut},
+        200: {"model": FeedbackOut | list[FeedbackOut], "description": "one answer, or a list in order"},
         404: {"model": ErrorOut, "description": "unknown decision id"},
         409: {"model": ErrorOut, "description": "feedback window closed"},
         **_ERRORS,
@@ -446,7 +446,7 @@ async def post_swap(request: Request, service: Service) -> Response:
     specs = [ArmSpec(a.name, Path(a.policy), a.exploration) for a in swap.arms]
     try:  # policies load on a thread: decisions keep being served by the current version meanwhile
         out = await asyncio.to_thread(service.swap, specs, swap.split)
-    except (ConfigError, ArtifactError) as e:  # a bad arm, artifact or split: nothing changed
+    except (ConfigError, ArtifactError, OSError) as e:  # a bad arm, artifact or split: nothing changed
         raise InvalidRequest(str(e), [{"loc": [], "msg": str(e), "type": "value_error"}]) from None
     peers: Peers | None = request.app.state.peers
     if peers is not None:  # then every other worker, with the same arms and split
