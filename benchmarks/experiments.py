@@ -122,6 +122,59 @@ def srm_runs(reps: int, n_users: int, loss: float) -> dict[str, Any]:
     }
 
 
+def coverage_part(
+    tmp: Path, arms: tuple[Path, Path], true_lift: float, args: argparse.Namespace, opts: ReadoutOptions
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    covered, widths, seq_power, srm_ab = 0, [], 0, 0
+    for rep in range(args.reps):
+        out = run_experiment(tmp, arms, rep=rep, users=args.users, days=args.days, opts=opts, peek=False)[-1]
+        lo, hi = out["lift"]["B"]["return_per_user_day"]["absolute_ci"]
+        covered += lo <= true_lift <= hi
+        widths.append(hi - lo)
+        seq_power += out["lift"]["B"]["sequential"]["reject"]
+        srm_ab += out["srm"]["flag"]
+    return {
+        "runs": args.reps, "users": args.users, "days": args.days, "coverage_95": covered / args.reps,
+        "mean_ci_width": float(np.mean(widths)), "msprt_reject_at_end": seq_power / args.reps,
+        "srm_false_alarms": srm_ab / args.reps, "seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+
+
+def aa_part(tmp: Path, arm: Path, args: argparse.Namespace, opts: ReadoutOptions) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    naive, seq, srm_aa, naive_final = 0, 0, 0, 0
+    for rep in range(args.reps):
+        looks = run_experiment(tmp, (arm, arm), rep=100_000 + rep, users=args.users, days=args.days, opts=opts,
+                               peek=True)  # fmt: skip
+        lifts = [look["lift"]["B"]["return_per_user_day"] for look in looks]
+        naive += any(x["p_value"] < 0.05 for x in lifts)
+        naive_final += lifts[-1]["p_value"] < 0.05
+        seq += any(look["lift"]["B"]["sequential"]["reject"] for look in looks)
+        srm_aa += looks[-1]["srm"]["flag"]
+    return {
+        "runs": args.reps, "looks": args.days, "fpr_daily_peeking_naive": naive / args.reps,
+        "fpr_daily_peeking_msprt": seq / args.reps, "fpr_single_final_look": naive_final / args.reps,
+        "srm_false_alarms": srm_aa / args.reps, "seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+
+
+def cuped_part(tmp: Path, arms: tuple[Path, Path], args: argparse.Namespace, opts: ReadoutOptions) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ratios: dict[str, list[float]] = {}
+    for rep in range(args.cuped_reps):
+        out = run_experiment(tmp, arms, rep=200_000 + rep, users=args.users, days=args.pre_days, opts=opts,
+                             peek=False, pre_days=args.pre_days)[-1]  # fmt: skip
+        for m, v in out["lift"]["B"]["cuped"].items():
+            if isinstance(v, dict):
+                ratios.setdefault(m, []).append(v["width_ratio"])
+    return {
+        "runs": args.cuped_reps, "pre_days": args.pre_days, "days": args.pre_days,
+        "width_ratio_median": {m: float(np.median(v)) for m, v in ratios.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200, help="experiments per kind (A/B and A/A)")
@@ -132,7 +185,11 @@ def main() -> None:
     ap.add_argument("--cuped-reps", type=int, default=20)
     ap.add_argument("--pre-days", type=int, default=7)
     ap.add_argument("--tau", type=float, default=0.1, help="mSPRT mixture scale (return per user-day)")
+    ap.add_argument("--only", default="coverage,aa,srm,cuped", help="the parts to run, comma-separated")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
+    if not parts <= {"coverage", "aa", "srm", "cuped"}:
+        raise SystemExit(f"--only {args.only!r}: expected parts among coverage, aa, srm, cuped")
     os.environ.setdefault("ADRL_LOG_KEY", "bench-only-key-0123456789abcdef")
     sc = Scenario()
     started = time.perf_counter()
@@ -153,60 +210,23 @@ def main() -> None:
         true_lift = truth["B"]["return_per_user_day"] - truth["A"]["return_per_user_day"]
         result["truth"] = truth | {"lift": true_lift, "seconds": round(time.perf_counter() - t0, 1)}
 
-        t0 = time.perf_counter()
-        covered, widths, seq_power, srm_ab = 0, [], 0, 0
-        for rep in range(args.reps):
-            out = run_experiment(tmp, (a, b), rep=rep, users=args.users, days=args.days, opts=opts, peek=False)[-1]
-            lo, hi = out["lift"]["B"]["return_per_user_day"]["absolute_ci"]
-            covered += lo <= true_lift <= hi
-            widths.append(hi - lo)
-            seq_power += out["lift"]["B"]["sequential"]["reject"]
-            srm_ab += out["srm"]["flag"]
-        result["coverage"] = {
-            "runs": args.reps, "users": args.users, "days": args.days, "coverage_95": covered / args.reps,
-            "mean_ci_width": float(np.mean(widths)), "msprt_reject_at_end": seq_power / args.reps,
-            "srm_false_alarms": srm_ab / args.reps, "seconds": round(time.perf_counter() - t0, 1),
-        }  # fmt: skip
-
-        t0 = time.perf_counter()
-        naive, seq, srm_aa, naive_final = 0, 0, 0, 0
-        for rep in range(args.reps):
-            looks = run_experiment(tmp, (a, a), rep=100_000 + rep, users=args.users, days=args.days, opts=opts,
-                                   peek=True)  # fmt: skip
-            lifts = [look["lift"]["B"]["return_per_user_day"] for look in looks]
-            naive += any(x["p_value"] < 0.05 for x in lifts)
-            naive_final += lifts[-1]["p_value"] < 0.05
-            seq += any(look["lift"]["B"]["sequential"]["reject"] for look in looks)
-            srm_aa += looks[-1]["srm"]["flag"]
-        result["aa"] = {
-            "runs": args.reps, "looks": args.days, "fpr_daily_peeking_naive": naive / args.reps,
-            "fpr_daily_peeking_msprt": seq / args.reps, "fpr_single_final_look": naive_final / args.reps,
-            "srm_false_alarms": srm_aa / args.reps, "seconds": round(time.perf_counter() - t0, 1),
-        }  # fmt: skip
-
-        t0 = time.perf_counter()
-        result["srm"] = srm_runs(args.reps, args.srm_users, 0.03) | {"seconds": round(time.perf_counter() - t0, 1)}
-
-        t0 = time.perf_counter()
-        ratios: dict[str, list[float]] = {}
-        for rep in range(args.cuped_reps):
-            out = run_experiment(tmp, (a, b), rep=200_000 + rep, users=args.users, days=args.pre_days, opts=opts,
-                                 peek=False, pre_days=args.pre_days)[-1]  # fmt: skip
-            for m, v in out["lift"]["B"]["cuped"].items():
-                if isinstance(v, dict):
-                    ratios.setdefault(m, []).append(v["width_ratio"])
-        result["cuped"] = {
-            "runs": args.cuped_reps, "pre_days": args.pre_days, "days": args.pre_days,
-            "width_ratio_median": {m: float(np.median(v)) for m, v in ratios.items()},
-            "seconds": round(time.perf_counter() - t0, 1),
-        }  # fmt: skip
-    result["goals"] = {
-        "coverage_ge_93pct": result["coverage"]["coverage_95"] >= 0.93,
-        "aa_msprt_fpr_le_5pct": result["aa"]["fpr_daily_peeking_msprt"] <= 0.05,
-        "srm_broken_flagged_ge_95pct": result["srm"]["flagged_broken"] >= 0.95,
-        "srm_correct_flagged_le_1pct": result["srm"]["flagged_correct"] <= 0.01,
-        "cuped_return_width_ratio_le_0.8": result["cuped"]["width_ratio_median"]["return_per_user_day"] <= 0.8,
-    }
+        if "coverage" in parts:
+            result["coverage"] = coverage_part(tmp, (a, b), true_lift, args, opts)
+        if "aa" in parts:
+            result["aa"] = aa_part(tmp, a, args, opts)
+        if "srm" in parts:
+            t0 = time.perf_counter()
+            result["srm"] = srm_runs(args.reps, args.srm_users, 0.03) | {"seconds": round(time.perf_counter() - t0, 1)}
+        if "cuped" in parts:
+            result["cuped"] = cuped_part(tmp, (a, b), args, opts)
+    goals = {
+        "coverage": lambda r: {"coverage_ge_93pct": r["coverage_95"] >= 0.93},
+        "aa": lambda r: {"aa_msprt_fpr_le_5pct": r["fpr_daily_peeking_msprt"] <= 0.05},
+        "srm": lambda r: {"srm_broken_flagged_ge_95pct": r["flagged_broken"] >= 0.95,
+                          "srm_correct_flagged_le_1pct": r["flagged_correct"] <= 0.01},
+        "cuped": lambda r: {"cuped_return_width_ratio_le_0.8": r["width_ratio_median"]["return_per_user_day"] <= 0.8},
+    }  # fmt: skip
+    result["goals"] = {k: v for part, check in goals.items() if part in result for k, v in check(result[part]).items()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))
 
