@@ -140,7 +140,11 @@ def worker_main(cfg: dict[str, Any]) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     options = {**uvicorn_options(), "workers": 1}
-    uvicorn.run(app, fd=int(cfg["fd"]), timeout_graceful_shutdown=10, **options)
+    # the inherited socket as what it is (TCP): uvicorn's own fd= option takes it for a unix socket, and asyncio then
+    # leaves Nagle's algorithm on for every connection (40 ms stalls per response)
+    sock = socket.socket(fileno=int(cfg["fd"]))
+    server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=10, **options))
+    server.run(sockets=[sock])
 
 
 def spec_to_mapping(spec: Any) -> dict[str, Any] | None:
