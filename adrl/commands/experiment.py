@@ -13,7 +13,11 @@ from adrl.io import check_output, write_json_atomic
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="A/B experiments served by adrl serve.", no_args_is_help=True)
+    group = typer.Typer(
+        help="A/B experiments served by adrl serve.\n\nExample: adrl experiment report --logs runs/serve-log "
+        "--out report.json (adrl experiment --help lists the subcommands)",
+        no_args_is_help=True,
+    )
     app.add_typer(group, name="experiment")
 
     @group.command("report")
