@@ -9,7 +9,7 @@ import importlib
 
 import typer
 
-COMMANDS = ("simulate", "fit", "train", "evaluate", "ope", "serve", "quickstart")
+COMMANDS = ("simulate", "fit", "train", "evaluate", "ope", "serve", "drive", "experiment", "quickstart")
 
 app = typer.Typer(
     name="adrl",

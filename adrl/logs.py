@@ -64,7 +64,12 @@ SOCIAL_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
     ("share", pa.bool_(), False),
     ("p_share", pa.float64(), False),  # the true P(share | click) (synthetic logs)
 )
-OPTIONAL_COLUMNS = TRUTH_COLUMNS + SERVING_COLUMNS + SOCIAL_COLUMNS
+# the policy server's log during an experiment: which arm served the decision, and that arm's policy id
+EXPERIMENT_COLUMNS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("arm", pa.string(), False),
+    ("policy_id", pa.string(), False),
+)
+OPTIONAL_COLUMNS = TRUTH_COLUMNS + SERVING_COLUMNS + SOCIAL_COLUMNS + EXPERIMENT_COLUMNS
 
 
 def feature_columns(layout: FeatureLayout) -> list[str]:
@@ -135,9 +140,16 @@ def logged_columns(
     return cols
 
 
-def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = False, share: bool = False) -> pa.Schema:
+def log_schema(
+    layout: FeatureLayout,
+    *,
+    truth: bool = False,
+    serving: bool = False,
+    share: bool = False,
+    experiment: bool = False,
+) -> pa.Schema:
     """The Arrow schema of a log for ``layout``; ``truth`` adds true probabilities, ``serving`` server columns,
-    ``share`` the share outcome and its true probability."""
+    ``share`` the share outcome and its true probability, ``experiment`` the arm and policy id."""
     cols = [pa.field(n, t, nullable=not req) for n, t, req in CORE_COLUMNS]
     cols += [pa.field(c, pa.float32(), nullable=False) for c in feature_columns(layout)]
     if truth:
@@ -146,6 +158,8 @@ def log_schema(layout: FeatureLayout, *, truth: bool = False, serving: bool = Fa
         cols += [pa.field(n, t) for n, t, _ in SERVING_COLUMNS]
     if share:
         cols += [pa.field(n, t) for n, t, _ in SOCIAL_COLUMNS]
+    if experiment:
+        cols += [pa.field(n, t) for n, t, _ in EXPERIMENT_COLUMNS]
     meta = {
         "adrl.schema_version": str(SCHEMA_VERSION),
         "adrl.layout_hash": layout.hash,
@@ -169,10 +183,11 @@ class LogWriter(AbstractContextManager["LogWriter"]):
         truth: bool = False,
         serving: bool = False,
         share: bool = False,
+        experiment: bool = False,
         scenario_hash: str | None = None,
     ) -> None:
         self.path = Path(path)
-        schema = log_schema(layout, truth=truth, serving=serving, share=share)
+        schema = log_schema(layout, truth=truth, serving=serving, share=share, experiment=experiment)
         if scenario_hash is not None:
             schema = schema.with_metadata({**(schema.metadata or {}), b"adrl.scenario_hash": scenario_hash.encode()})
         self.schema = schema

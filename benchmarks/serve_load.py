@@ -10,13 +10,20 @@ Runs, one after another, against one uvicorn worker each:
    about ``--rate`` requests/s (wrk's ``delay()`` paces each connection), for
    the latency percentiles under a fixed load.
 
+5. ``workers``: for 1 and 2 worker processes, the constant endpoint under uvicorn with that many workers and
+   ``adrl serve --workers N`` (single decisions, durable log), one after the other in the same run (wrk with 2
+   threads in this phase, so the client is not what limits 2 workers).
+
 Goals (issue 7): single ≥ 50% of constant (and ≥ 4,500 decisions/s), p99 < 25 ms at 1,000 req/s, batch ≥ 50,000
-decisions/s. ``wrk`` is installed with apt-get when missing. Everything listens on 127.0.0.1 and stops at the end.
+decisions/s. Goal (issue 18): 2 workers ≥ 1.6× the decisions/s of one; on a machine with fewer free cores than
+workers + wrk this cannot hold, so the machine's CPU count is reported beside it. ``wrk`` is installed with
+apt-get when missing. Everything listens on 127.0.0.1 and stops at the end.
 
 Each throughput phase (constant, single, batch) runs ``--repeats`` times and reports its best run with every run's
 rate: other load on the host only slows a run down.
 
 Usage: .venv/bin/python benchmarks/serve_load.py [--duration 5] [--connections 32] [--rate 1000] [--repeats 3]
+       [--workers-only]
 """
 
 from __future__ import annotations
@@ -48,6 +55,23 @@ BODY = b'{"status":"ok","value":42}'
 async def const() -> Response:
     return Response(BODY, media_type="application/json")
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), **uvicorn_options())
+"""
+
+# the same endpoint under uvicorn's own multi-worker supervisor (it needs an import string)
+CONSTANT_MODULE = """
+from fastapi import FastAPI
+from starlette.responses import Response
+app = FastAPI()
+BODY = b'{"status":"ok","value":42}'
+@app.post("/const")
+async def const() -> Response:
+    return Response(BODY, media_type="application/json")
+"""
+CONSTANT_WORKERS = """
+import sys, uvicorn
+from adrl.serving.app import uvicorn_options
+opts = {**uvicorn_options(), "workers": int(sys.argv[2])}
+uvicorn.run("adrl_const_app:app", host="127.0.0.1", port=int(sys.argv[1]), app_dir=sys.argv[3], **opts)
 """
 
 LUA = """
@@ -106,11 +130,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise SystemExit(f"server did not answer {url} within {timeout:g} s")
 
 
-def run_wrk(wrk: str, url: str, body: Path, *, duration: float, connections: int, delay_ms: float = 0) -> dict:
+def run_wrk(
+    wrk: str, url: str, body: Path, *, duration: float, connections: int, delay_ms: float = 0, threads: int = 1
+) -> dict:
     env = {**os.environ, "ADRL_BENCH_BODY": str(body), "ADRL_BENCH_DELAY_MS": str(delay_ms)}
     script = body.parent / "bench.lua"
     script.write_text(LUA)
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "-s", str(script), url]
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("ADRL_JSON "))
     raw = json.loads(line.removeprefix("ADRL_JSON "))
@@ -187,6 +213,46 @@ def batch_run(wrk: str, url: str, batch: Path, base: str, duration: float) -> di
     return run_wrk(wrk, url, batch, duration=duration, connections=4)
 
 
+def workers_phase(wrk: str, tmp: Path, single: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """decisions/s of ``adrl serve --workers N`` and req/s of the constant endpoint with N workers, N = 1, 2."""
+    (tmp / "adrl_const_app.py").write_text(CONSTANT_MODULE)
+    out: dict[str, Any] = {"wrk_threads": 2}
+    for n in (1, 2):
+        port = free_port()
+        const = subprocess.Popen([sys.executable, "-c", CONSTANT_WORKERS, str(port), str(n), str(tmp)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/docs", const)
+            c = best_of(args.repeats, lambda u=f"http://127.0.0.1:{port}/const": run_wrk(wrk, u, single,
+                                                      duration=args.duration, connections=args.connections,
+                                                      threads=2))  # fmt: skip
+        finally:
+            stop(const)
+        port = free_port()
+        env = {**os.environ, "ADRL_LOG_KEY": "bench-only-key-0123456789abcdef"}
+        cmd = [sys.executable, "-m", "adrl.cli", "serve", "--policy", str(tmp / "policy"), "--port", str(port),
+               "--log-dir", str(tmp / f"log-w{n}"), "--exploration", args.exploration, "--feedback-window", "2",
+               "--flush-interval", "2", "--seed", "0", "--workers", str(n)]  # fmt: skip
+        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/healthz", server)
+            time.sleep(1.0)  # every worker up
+            d = best_of(args.repeats, lambda u=f"http://127.0.0.1:{port}/v1/decisions": run_wrk(wrk, u, single,
+                                                      duration=args.duration, connections=args.connections,
+                                                      threads=2))  # fmt: skip
+        finally:
+            stop(server)
+        out[f"{n}_worker"] = {"constant_req_per_s": c["req_per_s"], "decisions_per_s": d["req_per_s"],
+                              "ratio_to_constant": round(d["req_per_s"] / c["req_per_s"], 3),
+                              "errors": c["errors"] + d["errors"], "p99_ms": d["p99_ms"],
+                              "all_decisions_per_s": d["all_req_per_s"]}  # fmt: skip
+    out["speedup_2_over_1"] = round(out["2_worker"]["decisions_per_s"] / out["1_worker"]["decisions_per_s"], 3)
+    out["constant_speedup_2_over_1"] = round(
+        out["2_worker"]["constant_req_per_s"] / out["1_worker"]["constant_req_per_s"], 3
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (4 runs)")
@@ -196,6 +262,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--exploration", default="epsilon:0.05")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each throughput phase; the best is reported")
+    ap.add_argument("--workers-only", action="store_true", help="run only the 1 vs 2 workers phase")
     args = ap.parse_args()
     if not 0 < args.duration <= 60:
         raise SystemExit("--duration must be in (0, 60] seconds")
@@ -219,6 +286,11 @@ def main() -> None:
         single.write_text(json.dumps(request_body(0)))
         batch = tmp / "batch.json"
         batch.write_text(json.dumps([request_body(i) for i in range(args.batch_size)]))
+        if args.workers_only:
+            result["workers"] = workers_phase(wrk, tmp, single, args)
+            result["goals"] = {"two_workers_ge_1.6x_one": result["workers"]["speedup_2_over_1"] >= 1.6}
+            print(json.dumps(result, indent=2))
+            return
 
         port = free_port()
         const = subprocess.Popen([sys.executable, "-c", CONSTANT_APP, str(port)], stdout=subprocess.DEVNULL)
@@ -272,6 +344,7 @@ def main() -> None:
             }
         finally:
             stop(server)
+        result["workers"] = workers_phase(wrk, tmp, single, args)
         journal = sum(p.stat().st_size for p in (tmp / "log" / "journal").glob("*.jsonl"))
         result["server_log"]["journal_bytes"] = journal
         result["server_log"]["exit_code"] = server.returncode
@@ -284,6 +357,7 @@ def main() -> None:
         "p99_lt_25ms_at_rate": result["at_rate"]["p99_ms"] < 25,
         "batch_ge_50000_decisions_per_s": result["batch"]["decisions_per_s"] >= 50_000,
         "no_errors": all(result[k]["errors"] == 0 for k in ("constant", "single", "batch", "at_rate")),
+        "two_workers_ge_1.6x_one": result["workers"]["speedup_2_over_1"] >= 1.6,
     }
     print(json.dumps(result, indent=2))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from adrl.agents.baselines import GreedyPolicy
 from adrl.errors import ConfigError, FeatureMismatch
@@ -187,10 +188,19 @@ def test_metrics_policy_and_openapi(client):
     client.post("/v1/decisions", json=REQ)
     client.post("/v1/decisions", json={"nope": 1})
     text = client.get("/metrics").text
-    assert 'adrl_http_requests_total{route="/v1/decisions",method="POST",code="200"} 1' in text
-    assert 'adrl_http_request_duration_seconds_bucket{route="/v1/decisions",le="+Inf"} 2' in text
-    assert "adrl_decisions_total{delay_hours=" in text
-    assert 'adrl_errors_total{route="/v1/decisions",reason="invalid_request"} 1' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }  # label order is the exporter's business, so compare parsed samples
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("adrl_http_requests_total", route="/v1/decisions", method="POST", code="200") == 1
+    assert value("adrl_http_request_duration_seconds_bucket", route="/v1/decisions", le="+Inf") == 2
+    assert sum(v for (name, _), v in samples.items() if name == "adrl_decisions_total") == 1
+    assert value("adrl_errors_total", route="/v1/decisions", reason="invalid_request") == 1
     info = client.get("/v1/policy").json()
     assert info["kind"] == "greedy" and info["exploration"] == "epsilon:0.1" and len(info["creatives"]) == 12
     spec = client.get("/openapi.json").json()

@@ -21,24 +21,28 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from adrl.errors import AdrlError
+from adrl.errors import AdrlError, ArtifactError, ConfigError
 from adrl.policy import Decision
-from adrl.requests import InvalidRequest
+from adrl.requests import InvalidRequest, invalid_from
 from adrl.serving.bodies import FEEDBACK_VALUES, LARGE_BODY, LargeBodies, max_request_values
 from adrl.serving.decision_log import FeedbackClosed, UnknownDecision
+from adrl.serving.experiment import ArmSpec
 from adrl.serving.metrics import CONTENT_TYPE
 from adrl.serving.openapi import decision_body, request_schemas
+from adrl.serving.peers import Peers
 from adrl.serving.service import (
     _FEEDBACK,
     MAX_BATCH,
+    FeedbackRequest,
     PolicyService,
     Prepared,
     dumps,
@@ -57,7 +61,10 @@ _JSON_BYTES = JSON.encode()
 _UNAUTHORIZED = dumps(
     {"detail": "missing or invalid API key; send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"}
 )
-ROUTES = ("/v1/decisions", "/v1/feedback", "/v1/policy", "/healthz", "/metrics", "/openapi.json", "/docs")
+ROUTES = (
+    "/v1/decisions", "/v1/feedback", "/v1/policy", "/v1/experiment", "/v1/admin/experiment", "/healthz", "/metrics",
+    "/openapi.json", "/docs",
+)  # fmt: skip
 
 
 MIN_API_KEY_CHARS = 16  # `adrl serve` refuses shorter keys: a guessable key is no authentication
@@ -77,6 +84,23 @@ class FeedbackOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]]
     message: str | None = None
+
+
+class ArmIn(BaseModel):
+    """An arm to add, or to replace the same-named arm with."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=64)
+    policy: str = Field(min_length=1, max_length=4096, description="policy artifact directory on the server")
+    exploration: str = Field("none", max_length=64)
+
+
+class SwapIn(BaseModel):
+    """A hot swap: arms replaced or added, and/or a new split (percent per arm, in the resulting arm order)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    arms: list[ArmIn] = Field(default_factory=list, max_length=16)
+    split: list[float] | None = Field(None, max_length=16)
 
 
 # ---- micro-batching ------------------------------------------------------------------------------------------
@@ -332,10 +356,10 @@ async def post_decisions(request: Request) -> Response:
 
 @router.post(
     "/feedback",
-    summary="Report click / conversion / leave for a decision id",
-    openapi_extra=_json_body("FeedbackRequest"),
+    summary="Report click / conversion / leave for a decision id (or a list of such reports)",
+    openapi_extra=_json_body("FeedbackRequest", many=True),
     responses={
-        200: {"model": FeedbackOut},
+        200: {"model": FeedbackOut | list[FeedbackOut], "description": "one answer, or a list in order"},
         404: {"model": ErrorOut, "description": "unknown decision id"},
         409: {"model": ErrorOut, "description": "feedback window closed"},
         **_ERRORS,
@@ -344,12 +368,115 @@ async def post_decisions(request: Request) -> Response:
 )
 async def post_feedback(request: Request, service: Service) -> Response:
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
-    if len(body) > LARGE_BODY:
+    if len(body) > LARGE_BODY:  # bounded per item and counted off the event loop, then parsed off it too
         large: LargeBodies = request.app.state.decisions.large
-        parsed = await large.one(_FEEDBACK, body, FEEDBACK_VALUES)
+        await large.shape(body, FEEDBACK_VALUES)
+        parsed = await asyncio.to_thread(parse_feedback_body, body)
     else:
         parsed = parse_feedback_body(body)
+    items = parsed if isinstance(parsed, list) else [parsed]
+    peers: Peers | None = request.app.state.peers
+    if peers is not None and any(peers.owns(i.decision_id.rpartition("-")[0]) for i in items):
+        return await _feedback_across_workers(service, peers, items, many=isinstance(parsed, list))
+    if isinstance(parsed, list):
+        return Response(dumps(service.feedback_batch(parsed)), media_type=JSON)
     return Response(dumps(service.feedback(parsed)), media_type=JSON)
+
+
+async def _feedback_across_workers(
+    service: PolicyService, peers: Peers, items: list[FeedbackRequest], *, many: bool
+) -> Response:
+    """Feedback for other workers' decisions goes to them (they hold the windows); answers keep the order."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.decision_id.rpartition("-")[0], []).append(i)
+    results: list[Any] = [None] * len(items)
+    for token, idx in groups.items():
+        if peers.owns(token):
+            status, body = await peers.call(token, {"op": "feedback", "items": [items[i].model_dump() for i in idx]})
+            if status != 200:
+                return Response(dumps(body), status_code=status, media_type=JSON)
+        else:
+            body = service.feedback_batch([items[i] for i in idx])
+        for i, r in zip(idx, body, strict=True):
+            results[i] = r
+    return Response(dumps(results if many else results[0]), media_type=JSON)
+
+
+async def peer_handler(service: PolicyService, message: dict[str, Any]) -> tuple[int, Any]:
+    """What one worker answers another (see :mod:`adrl.serving.workers`): feedback, a swap, the experiment."""
+    op = message.get("op")
+    try:
+        if op == "feedback":
+            return 200, service.feedback_batch([FeedbackRequest.model_validate(x) for x in message["items"]])
+        if op == "swap":
+            specs = [ArmSpec(a["name"], Path(a["policy"]), a["exploration"]) for a in message["arms"]]
+            return 200, await asyncio.to_thread(service.swap, specs, message.get("split"))
+        if op == "experiment":
+            return 200, None if service.experiment is None else service.experiment.describe()
+    except Exception as e:
+        known = error_status(e)
+        if known is None:
+            return 500, {"detail": f"{type(e).__name__}: {e}"}
+        status, reason, detail, msg = known
+        service.metrics.count_error("/v1/feedback" if op == "feedback" else "/v1/admin/experiment", reason)
+        return status, {"detail": detail, **({"message": msg} if msg else {})}
+    return 400, {"detail": f"unknown peer operation {op!r}"}
+
+
+@router.get("/experiment", summary="The experiment: arms, split, decisions per arm and the history of versions")
+async def get_experiment(request: Request, service: Service) -> dict[str, Any]:
+    if service.experiment is None:
+        return {"experiment": None, "arms": [], "split": [100.0], "policy_version": service.policy.policy_version}
+    out = service.experiment.describe()
+    peers: Peers | None = request.app.state.peers
+    if peers is not None:  # decisions per arm over every worker
+        out["workers"] = 1
+        for token in peers.others():
+            status, other = await peers.call(token, {"op": "experiment"})
+            if status == 200 and other:
+                out["workers"] += 1
+                counts = {a["name"]: a["decisions"] for a in other["arms"]}
+                for a in out["arms"]:
+                    a["decisions"] += counts.get(a["name"], 0)
+    return out
+
+
+@router.post(
+    "/admin/experiment",
+    summary="Hot swap: replace or add an arm, or change the split (needs the API key; refused when auth is off)",
+    openapi_extra={"requestBody": {"required": True, "content": {JSON: {"schema": SwapIn.model_json_schema()}}}},
+    responses={403: {"model": ErrorOut, "description": "auth is off"}, **_ERRORS},
+)
+async def post_swap(request: Request, service: Service) -> Response:
+    if not request.app.state.auth:
+        return Response(
+            dumps({"detail": "hot swap needs authentication; start adrl serve with --api-key-env"}),
+            status_code=403,
+            media_type=JSON,
+        )
+    body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
+    try:
+        swap = SwapIn.model_validate_json(body)
+    except ValidationError as e:
+        raise invalid_from(e) from None
+    specs = [ArmSpec(a.name, Path(a.policy), a.exploration) for a in swap.arms]
+    try:  # policies load on a thread: decisions keep being served by the current version meanwhile
+        out = await asyncio.to_thread(service.swap, specs, swap.split)
+    except (ConfigError, ArtifactError, OSError) as e:  # a bad arm, artifact or split: nothing changed
+        raise InvalidRequest(str(e), [{"loc": [], "msg": str(e), "type": "value_error"}]) from None
+    peers: Peers | None = request.app.state.peers
+    if peers is not None:  # then every other worker, with the same arms and split
+        message = {"op": "swap", "arms": [a.model_dump() for a in swap.arms], "split": swap.split}
+        out["workers"] = 1
+        out["worker_errors"] = []
+        for token in peers.others():
+            status, body = await peers.call(token, message)
+            if status == 200:
+                out["workers"] += 1
+            else:
+                out["worker_errors"].append({"worker": token, "status": status, "detail": body})
+    return Response(dumps(out), media_type=JSON)
 
 
 @router.get("/policy", summary="The served policy: ids, action names, features, exploration, log settings")
@@ -383,6 +510,7 @@ def create_app(
     max_body_bytes: int = 8 << 20,
     max_batch: int = MAX_BATCH,
     manage_service: bool = True,
+    peers: Peers | None = None,
 ) -> FastAPI:
     """The HTTP app around ``service`` (put on ``app.state``).
 
@@ -392,15 +520,20 @@ def create_app(
             ``/healthz``, ``/metrics`` and the OpenAPI document stay open.
         max_body_bytes: larger request bodies get 413.
         max_batch: most decisions in one list request.
+        peers: the other workers of ``adrl serve --workers N`` (feedback for their decisions is forwarded).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_service:
             service.start()
+        if peers is not None:
+            await peers.serve(partial(peer_handler, service))
         try:
             yield
         finally:
+            if peers is not None:
+                await peers.close()
             if manage_service:
                 service.close()  # graceful shutdown: join closed windows, write parquet, fsync the journal
 
@@ -412,6 +545,8 @@ def create_app(
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
+    app.state.auth = bool(api_key)
+    app.state.peers = peers
     decisions = app.state.decisions = DecisionHandler(service, max_body_bytes=max_body_bytes, max_batch=max_batch)
     app.include_router(router)
     app.include_router(ops_router)

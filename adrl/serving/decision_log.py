@@ -31,6 +31,8 @@ import datetime as dt
 import hmac
 import json
 import logging
+import math
+import os
 import re
 import secrets
 import threading
@@ -92,13 +94,32 @@ ACTION: Final = 7
 PROPENSITY: Final = 8
 COMPS: Final = 9
 VERSION: Final = 10
+ARM: Final = 11
+POLICY_ID: Final = 12
 # (seq, event id, time, episode hash, step, user hash, observation as float32 bytes, (delay, slot, creative),
-#  propensity, component propensities, policy version)
-Pending = tuple[int, str, float, int, int, int, bytes, tuple[int, int, int], float, tuple[float, float, float], str]
+#  propensity, component propensities, policy version, arm, policy id); arm and policy id are "" without an experiment
+Pending = tuple[
+    int, str, float, int, int, int, bytes, tuple[int, int, int], float, tuple[float, float, float], str, str, str
+]
 # feedback merged so far: (click, conversion, leave, shown)
 Outcome = tuple[bool, bool, bool, bool]
 NO_FEEDBACK: Outcome = (False, False, False, True)
 R = TypeVar("R")
+
+
+_TAG_JSON: dict[tuple[str, str, str], bytes] = {}
+
+
+def _tag_json(arm: str, pid: str, version: str) -> bytes:
+    key = (arm, pid, version)
+    b = _TAG_JSON.get(key)
+    if b is None:
+        b = _TAG_JSON[key] = b',"arm":%s,"pid":%s,"v":%s}' % (
+            orjson.dumps(arm),
+            orjson.dumps(pid),
+            orjson.dumps(version),
+        )
+    return b
 
 
 def merge_outcome(old: Outcome | None, click: bool, conversion: bool, leave: bool, shown: bool) -> Outcome:
@@ -157,6 +178,7 @@ class DecisionLog:
         fsync_interval: float = 1.0,
         flush_interval: float = 5.0,
         part_rows: int = 200_000,
+        experiment: bool = False,
     ) -> None:
         if not (feedback_window > 0 and np.isfinite(feedback_window)):
             raise ConfigError(f"feedback window must be a finite number of seconds > 0, got {feedback_window:g}")
@@ -178,6 +200,7 @@ class DecisionLog:
         self.default_reward = float(default_reward)
         self.flush_interval = float(flush_interval)
         self.part_rows = part_rows
+        self.experiment = experiment  # rows carry arm and policy id columns
         self.stats = LogStats()
         self.token = secrets.token_hex(4)
         self._lock = threading.Lock()
@@ -318,7 +341,9 @@ class DecisionLog:
                     (int(a[0]), int(a[1]), int(a[2])),
                     float(rec["p"]),
                     (float(pc[0]), float(pc[1]), float(pc[2])),
-                    version,
+                    str(rec.get("v", version)),
+                    str(rec.get("arm", "")),
+                    str(rec.get("pid", "")),
                 )
                 self._pending[restored[EVENT_ID]] = restored
                 self._order.append(restored)
@@ -371,11 +396,13 @@ class DecisionLog:
         propensity: np.ndarray,
         components: np.ndarray,
         respond: Callable[[list[str], list[int]], R],
+        tags: Sequence[tuple[str, str, str]] | None = None,
     ) -> R:
         """Number, journal and hold ``n`` decisions; returns ``respond(event ids, steps)``, the client's answer.
 
         ``respond`` runs before anything is journaled or held: if it raises, nothing is recorded and no id is
-        issued, so the log never holds a decision its client was not told. Returns only after the journal lines
+        issued, so the log never holds a decision its client was not told. ``tags``: per decision (arm, policy id,
+        policy version) in an experiment; else the log's policy version. Returns only after the journal lines
         reached the OS, so an acknowledged decision survives a crash.
         """
         n = obs.shape[0]
@@ -427,9 +454,10 @@ class DecisionLog:
                 counted[ep] = max(step + 1, known)
                 a = acts[i]
                 pc = comps[i]
+                arm, pid, ver = ("", "", version) if tags is None else tags[i]
                 p: Pending = (
                     seq, eid, ts, ep, step, user_h[i], obs_rows[i], (a[0], a[1], a[2]), props[i], (pc[0], pc[1], pc[2]),
-                    version,
+                    ver, arm, pid,
                 )  # fmt: skip
                 held.append(p)
                 ids.append(eid)
@@ -439,6 +467,8 @@ class DecisionLog:
                     payload = _DECISION_LINE % (
                         seq, token_b, seq, ts_b, ep, step, user_h[i], a[0], a[1], a[2], p_b, pc_b, x_b64[i]
                     )  # fmt: skip
+                    if tags is not None:  # the arm's fields, JSON-encoded once per tag
+                        payload = payload[:-1] + _tag_json(arm, pid, ver)
                     lines.append(b"%08x %s\n" % (crc32(payload), payload))
             answer = respond(ids, out_steps)  # the client's answer exists before its decisions are recorded
             if journal is not None:
@@ -515,6 +545,18 @@ class DecisionLog:
             closes_in = pend[TS] + self.feedback_window - now
         return {"decision_id": event_id, "accepted": True, "window_closes_in_s": round(closes_in, 3)}
 
+    def record_experiment(self, snapshot: dict[str, Any]) -> None:
+        """Journal an experiment version (arms, split, since when) and append it to ``DIR/experiment.jsonl``."""
+        line = orjson.dumps({"t": "x", **snapshot})
+        with self._lock:
+            if self._journal is not None:
+                self._journal.append(encode_line(line.decode()), self._next_seq)
+            if self.log_dir is not None:
+                with open(self.log_dir / "experiment.jsonl", "ab") as f:  # append-only history, synced
+                    f.write(line + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+
     # ---- joining -------------------------------------------------------------------------------------------
     @property
     def n_pending(self) -> int:
@@ -529,9 +571,10 @@ class DecisionLog:
                 self.stats.write_errors += 1
                 self.stats.last_error = f"{type(e).__name__}: {e}"
 
-    def join_closed(self, *, force_write: bool = False) -> int:
-        """Finalize decisions whose window closed; write a parquet part when due. Returns rows written."""
-        deadline = time.time() - self.feedback_window
+    def join_closed(self, *, force_write: bool = False, everything: bool = False) -> int:
+        """Finalize decisions whose window closed (``everything``: every pending one, e.g. when a driven experiment
+        is over and no more feedback will come); write a parquet part when due. Returns rows written."""
+        deadline = math.inf if everything else time.time() - self.feedback_window
         order = self._order
         more = True
         while more:
@@ -585,8 +628,13 @@ class DecisionLog:
             serving=(np.array([p[EVENT_ID] for p in pend], dtype=object),
                      np.array([p[VERSION] for p in pend], dtype=object), ~fb),
         )  # fmt: skip
+        if self.experiment:
+            cols["arm"] = np.array([p[ARM] for p in pend], dtype=object)
+            cols["policy_id"] = np.array([p[POLICY_ID] for p in pend], dtype=object)
         path = self.data_dir / f"part-{pend[0][SEQ]:012d}-{pend[-1][SEQ]:012d}.parquet"
-        with LogWriter(path, self.layout, serving=True, scenario_hash=self.scenario.content_hash) as writer:
+        with LogWriter(
+            path, self.layout, serving=True, experiment=self.experiment, scenario_hash=self.scenario.content_hash
+        ) as writer:
             writer.write(cols)
         self._durable_seq = max(self._durable_seq, pend[-1][SEQ])
         self.stats.rows_written += n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adrl.actions import flat_index
-from adrl.errors import ConfigError
+from adrl.errors import ConfigError, FeatureMismatch
 from adrl.policy import Exploration, LoadedPolicy, load_policy
 from adrl.requests import (
     REQUEST_ADAPTER,
@@ -27,6 +28,7 @@ from adrl.requests import (
     validation_errors,
 )
 from adrl.serving.decision_log import MIN_KEY_BYTES, DecisionLog
+from adrl.serving.experiment import ArmSpec, Experiment, ExperimentSpec, load_arm
 from adrl.serving.metrics import Metrics
 
 MAX_BATCH = 10_000
@@ -83,7 +85,16 @@ def parse_decision_body(body: bytes, *, max_batch: int = MAX_BATCH) -> DecisionR
     return _parse_json(_DECISION, body)
 
 
-def parse_feedback_body(body: bytes) -> FeedbackRequest:
+_FEEDBACKS = TypeAdapter(list[FeedbackRequest])
+
+
+def parse_feedback_body(body: bytes, *, max_batch: int = MAX_BATCH) -> FeedbackRequest | list[FeedbackRequest]:
+    """One feedback object, or a JSON list of them (a traffic driver reports a whole step at once)."""
+    if body.lstrip()[:1] == b"[":
+        items = _parse_json(_FEEDBACKS, body)
+        if len(items) > max_batch:
+            raise InvalidRequest.at([], f"a batch holds at most {max_batch} feedback events; split it", len(items))
+        return items
     return _parse_json(_FEEDBACK, body)
 
 
@@ -111,6 +122,7 @@ class ServeConfig:
     rotate_mb: float = 64.0
     fsync_interval: float = 1.0
     flush_interval: float = 5.0
+    experiment: ExperimentSpec | None = None  # several arms; ``policy`` is then the first arm's
 
 
 def log_key_from_env(env_var: str, *, logging: bool, ephemeral: bool) -> bytes | None:
@@ -141,9 +153,17 @@ class PolicyService:
     Use as a context manager (or call ``start``/``close``) so the log recovers, joins and flushes.
     """
 
-    def __init__(self, policy: LoadedPolicy, log: DecisionLog | None = None) -> None:
+    def __init__(
+        self, policy: LoadedPolicy, log: DecisionLog | None = None, experiment: Experiment | None = None
+    ) -> None:
         self.policy = policy
-        self.log = log or DecisionLog(policy.scenario, log_dir=None, key=None, policy_version=policy.policy_version)
+        self.experiment = experiment
+        self.log = log or DecisionLog(
+            policy.scenario, log_dir=None, key=None, policy_version=policy.policy_version,
+            experiment=experiment is not None,
+        )  # fmt: skip
+        self._seed: int | None = None
+        self._swap_lock = threading.Lock()
         labels = []
         for d in policy.delay_hours:
             for s in policy.slot_names:
@@ -192,9 +212,15 @@ class PolicyService:
 
     @classmethod
     def from_config(cls, cfg: ServeConfig) -> PolicyService:
-        """Load the policy and set up the log from a :class:`ServeConfig` (reads the key's environment variable)."""
-        policy = load_policy(cfg.policy, exploration=Exploration.parse(cfg.exploration), seed=cfg.seed)
+        """Load the policy (or the experiment's arms) and set up the log from a :class:`ServeConfig` (reads the key's
+        environment variable)."""
         key = log_key_from_env(cfg.log_key_env, logging=cfg.log_dir is not None, ephemeral=cfg.ephemeral_log_key)
+        experiment = None
+        if cfg.experiment is not None:
+            experiment = Experiment.load(cfg.experiment, seed=cfg.seed, log_key=key)
+            policy = experiment.arms[0].policy
+        else:
+            policy = load_policy(cfg.policy, exploration=Exploration.parse(cfg.exploration), seed=cfg.seed)
         if cfg.rotate_mb <= 0:
             raise ConfigError(f"rotate size must be > 0 MB, got {cfg.rotate_mb:g}")
         log = DecisionLog(
@@ -207,15 +233,27 @@ class PolicyService:
             rotate_bytes=max(1024, int(cfg.rotate_mb * (1 << 20))),
             fsync_interval=cfg.fsync_interval,
             flush_interval=cfg.flush_interval,
+            experiment=experiment is not None,
         )
-        return cls(policy, log)
+        service = cls(policy, log, experiment)
+        service._seed = cfg.seed
+        return service
 
     def start(self) -> PolicyService:
+        started = self.log.started
         self.log.start()
+        self.metrics.start()
+        if self.experiment is not None and not started:
+            self.log.record_experiment(self.experiment.history[-1])
         return self
 
     def close(self) -> None:
         self.log.close()
+        self.metrics.stop()
+
+    def drain(self) -> int:
+        """Join and write every pending decision now, windows open or not (the traffic is over); rows written."""
+        return self.log.join_closed(force_write=True, everything=True)
 
     def __enter__(self) -> PolicyService:
         return self.start()
@@ -232,7 +270,10 @@ class PolicyService:
         req: DecisionRequest = request if validated else self.policy.parse(request, loc)  # type: ignore[assignment]
         obs = self.policy.encoder.encode(req, loc)
         user = req.get("user")
-        return Prepared(obs, req.get("episode_id"), req.get("step"), user.get("id") if user is not None else None)
+        uid = user.get("id") if user is not None else None
+        if self.experiment is not None and uid is None and req.get("episode_id") is None:
+            raise _no_unit(loc)
+        return Prepared(obs, req.get("episode_id"), req.get("step"), uid)
 
     def decide_prepared(
         self, items: Sequence[Prepared], *, share: bool = False, encode: Callable[[list[dict[str, Any]]], R] = _same
@@ -266,6 +307,10 @@ class PolicyService:
             steps.append(r.get("step"))
             user = r.get("user")
             users.append(user.get("id") if user is not None else None)
+        if self.experiment is not None:
+            for i, (u, e) in enumerate(zip(users, episodes, strict=True)):
+                if u is None and e is None:
+                    raise _no_unit([i])
         return self._decide(obs, episodes, steps, users, share=share, encode=encode)
 
     def _decide(
@@ -278,6 +323,9 @@ class PolicyService:
         share: bool,
         encode: Callable[[list[dict[str, Any]]], R],
     ) -> R:
+        experiment = self.experiment  # one version for the whole call, even if a hot swap lands meanwhile
+        if experiment is not None:
+            return self._decide_arms(experiment, obs, episodes, steps, users, share=share, encode=encode)
         arrays = self.policy.decide_arrays(obs)
         flat = flat_index(arrays.action, self.policy.nvec)
         actions = self._action_dicts
@@ -313,6 +361,91 @@ class PolicyService:
         self.metrics.count_decisions(flat)
         return answer
 
+    def _decide_arms(
+        self,
+        experiment: Experiment,
+        obs: np.ndarray,
+        episodes: Sequence[str | int | None],
+        steps: Sequence[int | None],
+        users: Sequence[str | None],
+        *,
+        share: bool,
+        encode: Callable[[list[dict[str, Any]]], R],
+    ) -> R:
+        """Each row decided by its user's arm (each arm its own exploration and exact propensities), one journal
+        write for all, with the answer it belongs to."""
+        units = [u if u is not None else f"episode:{e}" for u, e in zip(users, episodes, strict=True)]
+        arm_of = experiment.assign(units)
+        n = obs.shape[0]
+        action = np.empty((n, 3), dtype=np.int64)
+        propensity = np.empty(n)
+        components = np.empty((n, 3))
+        for k in np.unique(arm_of).tolist():
+            rows = np.flatnonzero(arm_of == k)
+            arrays = experiment.arms[k].policy.decide_arrays(obs[rows])
+            action[rows], propensity[rows], components[rows] = arrays.action, arrays.propensity, arrays.components
+        tags = [experiment.arms[k].tag for k in arm_of.tolist()]
+        flat = flat_index(action, self.policy.nvec)
+        actions = self._action_dicts
+        explore = [str(a.policy.exploration) for a in experiment.arms]
+
+        def respond(ids: list[str], out_steps: list[int]) -> R:
+            out = [
+                {
+                    "event_id": eid,
+                    "episode_id": ep,
+                    "step": step,
+                    "action": actions[a] if share else actions[a].copy(),
+                    "propensity": p,
+                    "propensities": {"delay": pd, "slot": ps, "creative": pc},
+                    "policy_id": t.policy_id,
+                    "policy_version": t.policy_version,
+                    "exploration": explore[k],
+                    "arm": t.arm,
+                }
+                for eid, ep, step, a, p, (pd, ps, pc), t, k in zip(
+                    ids, episodes, out_steps, flat.tolist(), propensity.tolist(), components.tolist(), tags,
+                    arm_of.tolist(), strict=True,
+                )
+            ]  # fmt: skip
+            return encode(out)
+
+        answer = self.log.record_decisions(
+            episodes, steps, users, obs, action, propensity, components, respond,
+            tags=[(t.arm, t.policy_id, t.policy_version) for t in tags],
+        )  # fmt: skip
+        # counted once the decisions are recorded (a failed answer leaves no trace)
+        for k in np.unique(arm_of).tolist():
+            m = int(np.count_nonzero(arm_of == k))
+            experiment.arms[k].decisions += m
+            self.metrics.count_arm(experiment.arms[k].spec.name, m)
+        self.metrics.count_decisions(flat)
+        return answer
+
+    # ---- experiment ----------------------------------------------------------------------------------------
+    def swap(self, arms: Sequence[ArmSpec] = (), split: Sequence[float] | None = None) -> dict[str, Any]:
+        """Hot swap: replace same-named arms, add new ones and/or change the split, without stopping.
+
+        The new arms load first (a bad one changes nothing); then the experiment reference is replaced at once, so
+        each decision is made wholly by the old or the new version, and the version is journaled with its time.
+        """
+        if self.experiment is None:
+            raise ConfigError("this server serves one policy, not an experiment; start it with --policy A --policy B")
+        with self._swap_lock:
+            old = self.experiment
+            base = len(old.arms) + old.version * 100  # a fresh sampler stream for every loaded arm
+            loaded = [load_arm(a, seed=self._seed, index=base + i) for i, a in enumerate(arms)]
+            for a in loaded:
+                if a.policy.layout.hash != self.policy.layout.hash:
+                    raise FeatureMismatch(
+                        f"arm {a.spec.name!r} ({a.spec.policy}) uses feature layout {a.policy.layout.hash}, the "
+                        f"experiment uses {self.policy.layout.hash}; every arm must read the same features"
+                    )
+            new = old.updated(arms=loaded, split=split)
+            self.log.record_experiment(new.history[-1])
+            self.experiment = new
+        return new.describe()
+
     def decide(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """One decision for a request mapping (``user``, ``context``, ``history`` or ``obs``, ``episode_id``...)."""
         return self.decide_prepared([self.prepare(request)])[0]
@@ -341,12 +474,19 @@ class PolicyService:
             shown=request.shown,
         )
         outcome = "conversion" if request.conversion else "click" if request.click else "no_click"
-        self.metrics.feedback[outcome] += 1
+        self.metrics.count_feedback(outcome)
         return result
+
+    def feedback_batch(self, requests: Sequence[FeedbackRequest | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Several feedback events, each answered in order; the first bad one raises (earlier ones are recorded)."""
+        return [self.feedback(r) for r in requests]
 
     # ---- introspection -----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {**self.policy.describe(), "log": self.log.describe()}
+        out = {**self.policy.describe(), "log": self.log.describe()}
+        if self.experiment is not None:
+            out["experiment"] = self.experiment.name
+        return out
 
     def health(self) -> dict[str, Any]:
         stats = self.log.stats
@@ -357,6 +497,14 @@ class PolicyService:
             "log_write_errors": stats.write_errors,
             "last_log_error": stats.last_error,
         }
+
+
+def _no_unit(loc: Sequence[str | int]) -> InvalidRequest:
+    return InvalidRequest.at(
+        [*loc, "user", "id"],
+        "this server runs an experiment and assigns arms by user; send user.id (or an episode_id)",
+        None,
+    )
 
 
 def dumps(obj: Any) -> bytes:
