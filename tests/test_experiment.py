@@ -251,3 +251,15 @@ def test_experiment_yaml_serves_through_the_cli_config(arms, tmp_path):
         assert 0.8 < got.count("control") / 400 < 0.97
         out = s.swap(split=[50, 50])
         assert out["version"] == 2 and [h["version"] for h in out["history"]] == [1, 2]
+
+
+def test_a_swap_on_a_single_policy_server_is_a_conflict_not_a_bad_body(arms):
+    from fastapi.testclient import TestClient
+
+    from adrl.serving import create_app
+
+    key = "k" * 32
+    service = PolicyService.from_config(ServeConfig(policy=arms["greedy"]))
+    with TestClient(create_app(service, api_key=key)) as client:
+        r = client.post("/v1/admin/experiment", json={"split": [100]}, headers={"X-API-Key": key})
+    assert r.status_code == 409 and "--policy A --policy B" in r.json()["detail"]

@@ -445,14 +445,24 @@ async def get_experiment(request: Request, service: Service) -> dict[str, Any]:
 @router.post(
     "/admin/experiment",
     summary="Hot swap: replace or add an arm, or change the split (needs the API key; refused when auth is off)",
-    openapi_extra={"requestBody": {"required": True, "content": {JSON: {"schema": SwapIn.model_json_schema()}}}},
-    responses={403: {"model": ErrorOut, "description": "auth is off"}, **_ERRORS},
+    openapi_extra=_json_body("SwapIn"),
+    responses={
+        403: {"model": ErrorOut, "description": "auth is off"},
+        409: {"model": ErrorOut, "description": "the server serves one policy, not an experiment"},
+        **_ERRORS,
+    },
 )
 async def post_swap(request: Request, service: Service) -> Response:
     if not request.app.state.auth:
         return Response(
             dumps({"detail": "hot swap needs authentication; start adrl serve with --api-key-env"}),
             status_code=403,
+            media_type=JSON,
+        )
+    if service.experiment is None:  # a state, not a bad body: the same swap is valid on an experiment server
+        return Response(
+            dumps({"detail": "this server serves one policy, not an experiment; start it with --policy A --policy B"}),
+            status_code=409,
             media_type=JSON,
         )
     body = await read_body(request.scope, request.receive, request.app.state.max_body_bytes)
@@ -560,6 +570,8 @@ def create_app(
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 request_schemas(service.policy.layout, _FEEDBACK)
             )
+            swap = SwapIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"].update({**swap.pop("$defs", {}), "SwapIn": swap})
             body = schema["paths"]["/v1/decisions"]["post"]["requestBody"]["content"][JSON]
             body["schema"] = decision_body(max_batch)
             if api_key:
