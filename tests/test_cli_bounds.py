@@ -51,7 +51,9 @@ def test_a_stopped_simulate_leaves_no_temporary_file(tmp_path: Path, sig: signal
     out = tmp_path / "logs.parquet"
     cmd = [sys.executable, "-m", "adrl.cli", "simulate", "--users", "50000000", "--chunk-users", "4096",
            "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    # SIGINT back to its default in the child: a shell's background job inherits it ignored, and Python keeps it so
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         end = time.monotonic() + 60
         while not list(tmp_path.glob(".logs.parquet.*.tmp")) and time.monotonic() < end:
