@@ -14,6 +14,7 @@ import numpy as np
 
 from adrl.evaluation import Evaluation
 from adrl.io import atomic_open
+from adrl.ope.run import SCOPE
 from adrl.scenario import Scenario
 
 
@@ -250,9 +251,9 @@ def _ope_returns(r: QuickstartResult) -> str:
 def _ope(r: QuickstartResult) -> str:
     rows = []
     for name, o in r.ope.items():
+        truth = o["true_return"]  # the main job estimates the return per user-day only
         for est, e in o["estimates"].items():
-            scope = e.get("scope") or ("per-decision" if est in ("dm", "ips", "snips", "dr", "sndr") else "episode")
-            truth = o.get("true_per_decision", float("nan")) if scope == "per-decision" else o["true_return"]
+            scope = SCOPE[est]
             value = e["value"]
             rel = abs(value - truth) / abs(truth) if truth else float("nan")
             covered = e["lower"] <= truth <= e["upper"]

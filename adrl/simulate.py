@@ -63,6 +63,10 @@ class SimulationSummary:
         )
 
 
+def _new_totals() -> dict[str, float]:
+    return dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
+
+
 def _add_to_totals(totals: dict[str, float], cols: dict[str, Any]) -> None:
     """Add one chunk of logged columns to the running sums of a simulation."""
     totals["decisions"] += len(cols["step"])
@@ -83,6 +87,11 @@ def make_logging_policy(
     if name == "epsilon-greedy":
         return EpsilonGreedyPolicy(GreedyPolicy(scenario), epsilon)
     raise ValueError(f"unknown logging policy {name!r}; expected 'random' or 'epsilon-greedy'")
+
+
+def _logging_policy(policy: LoggingPolicyName | object, scenario: Scenario, epsilon: float | Sequence[float]) -> Any:
+    """A named logging policy built for ``scenario``, or the given policy object as it is."""
+    return make_logging_policy(policy, scenario, epsilon=epsilon) if isinstance(policy, str) else policy
 
 
 def parse_epsilon(text: str) -> tuple[float, float, float]:
@@ -228,12 +237,8 @@ def simulate(
         raise ValueError(f"workers must be >= 1, got {workers}")
     world = World(scenario)
     layout = FeatureLayout.from_scenario(scenario)
-    policy = (
-        make_logging_policy(logging_policy, scenario, epsilon=epsilon)
-        if isinstance(logging_policy, str)
-        else logging_policy
-    )
-    totals = dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
+    policy = _logging_policy(logging_policy, scenario, epsilon)
+    totals = _new_totals()
     start = time.perf_counter()
     with (
         LogWriter(out, layout, truth=True, scenario_hash=scenario.content_hash) as writer,
@@ -286,11 +291,9 @@ def simulate_viral(
         raise ValueError(f"n_days must be >= 1, got {n_days}")
     env = ViralVectorEnv(n_users, scenario)
     sc, layout = env.scenario, env.layout
-    policy = (
-        make_logging_policy(logging_policy, sc, epsilon=epsilon) if isinstance(logging_policy, str) else logging_policy
-    )
+    policy = _logging_policy(logging_policy, sc, epsilon)
     n = env.num_envs
-    totals = dict(decisions=0, impressions=0, clicks=0, conversions=0, leaves=0, reward=0.0)
+    totals = _new_totals()
     start = time.perf_counter()
     with LogWriter(out, layout, truth=True, share=True, scenario_hash=sc.content_hash) as writer:
         for day, stream in enumerate(np.random.SeedSequence(seed).spawn(n_days)):

@@ -129,15 +129,16 @@ def target_probabilities(
     n = data.n
     target_prob = np.empty(n)
     kept: list[sp.csr_matrix] = []
-    fold_of = np.full(n, -1, dtype=np.int64)
     models: list[QFunction] = []
-    for k, (q, rows) in enumerate(folds or ()):
-        fold_of[rows] = k
-        models.append(MaskedQ(q, data.zero_reward) if data.zero_reward is not None else q)
-    if folds is not None and np.any(fold_of < 0):
-        raise ValueError("the reward-model folds must cover every logged row")
-    q_logged = np.empty(n) if folds is not None else None
-    q_target = np.empty(n) if folds is not None else None
+    fold_of = q = None
+    if folds is not None:
+        fold_of = np.full(n, -1, dtype=np.int64)
+        for k, (model, rows) in enumerate(folds):
+            fold_of[rows] = k
+            models.append(MaskedQ(model, data.zero_reward) if data.zero_reward is not None else model)
+        if np.any(fold_of < 0):
+            raise ValueError("the reward-model folds must cover every logged row")
+        q = np.empty((2, n))  # q_logged, q_target
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         p = np.asarray(probs(data.obs[lo:hi]), dtype=np.float64)
@@ -149,14 +150,13 @@ def target_probabilities(
         target_prob[lo:hi] = p[np.arange(hi - lo), data.action[lo:hi]]
         if keep:
             kept.append(sp.csr_matrix(p))
-        if q_logged is not None and q_target is not None:
+        if q is not None and fold_of is not None:
             for k, model in enumerate(models):
                 local = np.flatnonzero(fold_of[lo:hi] == k)
                 if local.size:
                     idx = lo + local
-                    ql, qt = q_terms(model, data.obs[idx], data.action[idx], p[local])
-                    q_logged[idx], q_target[idx] = ql, qt
-    terms = (q_logged, q_target) if q_logged is not None and q_target is not None else None
+                    q[0, idx], q[1, idx] = q_terms(model, data.obs[idx], data.action[idx], p[local])
+    terms = None if q is None else (q[0], q[1])
     return target_prob, (sp.vstack(kept, format="csr") if keep else None), terms
 
 

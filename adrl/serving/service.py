@@ -380,10 +380,12 @@ class PolicyService:
         action = np.empty((n, 3), dtype=np.int64)
         propensity = np.empty(n)
         components = np.empty((n, 3))
+        served: dict[int, int] = {}  # decisions per arm, counted once they are recorded
         for k in np.unique(arm_of).tolist():
             rows = np.flatnonzero(arm_of == k)
             arrays = experiment.arms[k].policy.decide_arrays(obs[rows])
             action[rows], propensity[rows], components[rows] = arrays.action, arrays.propensity, arrays.components
+            served[k] = rows.size
         tags = [experiment.arms[k].tag for k in arm_of.tolist()]
         flat = flat_index(action, self.policy.nvec)
         actions = self._action_dicts
@@ -414,9 +416,7 @@ class PolicyService:
             episodes, steps, users, obs, action, propensity, components, respond,
             tags=[(t.arm, t.policy_id, t.policy_version) for t in tags],
         )  # fmt: skip
-        # counted once the decisions are recorded (a failed answer leaves no trace)
-        for k in np.unique(arm_of).tolist():
-            m = int(np.count_nonzero(arm_of == k))
+        for k, m in served.items():  # a failed answer leaves no trace, in the counts either
             experiment.arms[k].decisions += m
             self.metrics.count_arm(experiment.arms[k].spec.name, m)
         self.metrics.count_decisions(flat)
