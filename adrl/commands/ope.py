@@ -46,8 +46,19 @@ def run_adrl(
     select_by: str | None = None,
     fit_epochs: int = 5,
     log: Any = None,
+    stream: bool | None = None,
+    max_starts: int | None = None,
+    sample_episodes: int = 20_000,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every policy of ``policies`` on the same logs and rank them (see :mod:`adrl.ope.selection`)."""
+    """Evaluate every policy of ``policies`` on the same logs and rank them (see :mod:`adrl.ope.selection`).
+
+    ``stream`` (None: when the log has more than :data:`STREAM_ROWS` decisions and the estimand is the return)
+    evaluates in one streamed pass (:mod:`adrl.ope.stream`): PDIS, WIS and the model-based estimate see every
+    episode (the latter at most ``max_starts`` starts, 100,000 when None), the others a sample of about
+    ``sample_episodes`` episodes.
+    """
     from adrl.agents.registry import load_policy_artifact, read_policy_manifest
     from adrl.behavior.response import behavior_q
     from adrl.features import FeatureLayout
@@ -71,7 +82,19 @@ def run_adrl(
                 f"{layout.hash}: candidates compared on one log must share its scenario"
             )
         targets[p] = load_policy_artifact(Path(p), expect_layout=layout)
-    data = read_adrl_logs(logs, layout)
+    from adrl.ope import stream as streamed
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray" and stream is False:
+        raise ConfigError("--engine ray runs the streamed pass on the shards: drop --no-stream")
+    if address is not None and engine != "ray":
+        raise ConfigError("--address points at a Ray cluster: use it with --engine ray")
+    if stream is None:
+        stream = engine == "ray" or (estimand == "return" and streamed.count_rows(logs) > STREAM_ROWS)
+    if stream and estimand != "return":
+        raise ConfigError("the one-step estimand reads the log in memory: drop --stream")
+    data = None if stream else read_adrl_logs(logs, layout)
     notes: list[str] = []
     shared = interference_note(logs)
     if shared is not None:
@@ -97,17 +120,30 @@ def run_adrl(
     q = behavior_q(dirs[0], scenario) if dirs else None
     results: dict[str, dict[str, Any]] = {}
     raw: dict[str, OPEResult] = {}
-    for k, (p, target) in enumerate(targets.items()):
+    if stream:
+        raw, logged = _streamed(logs, layout, targets, estimators, sim=sim, q=q, seed=seed, alpha=alpha,
+                                n_boot=n_boot, n_folds=n_folds, max_starts=max_starts,
+                                sample_episodes=sample_episodes, engine=engine, address=address)  # fmt: skip
+        results = {p: r.as_dict() for p, r in raw.items()}
+        notes.append(
+            f"streamed: pdis, wis and model read every episode (model: up to {max_starts or 100_000:,} starts); "
+            f"other estimators ran on a sample of {next(iter(raw.values())).extra['streamed']['sample_episodes']:,} "
+            "episodes, and their intervals reflect that sample"
+        )
+    for k, (p, target) in enumerate(targets.items() if data is not None else ()):
+        assert data is not None
         result = evaluate(
             data, target.action_probabilities, estimators, rng=np.random.default_rng([seed, k]), q=q,
-            n_folds=n_folds, alpha=alpha, n_boot=n_boot, sim=sim,
+            n_folds=n_folds, alpha=alpha, n_boot=n_boot, sim=sim, max_starts=max_starts,
         )  # fmt: skip
         raw[p], results[p] = result, result.as_dict()
         if q is not None:
             results[p]["reward_model"] = f"behavior model {dirs[0]}"
         if log is not None:
             log(f"evaluated {p} in {result.seconds:.1f} s")
-    if estimand == "return":
+    if data is None:
+        pass  # the streamed pass computed the logged value
+    elif estimand == "return":
         logged = logged_return(data, alpha=alpha)
     else:
         reward = data.reward
@@ -180,6 +216,56 @@ def run_obd(
         for name, e in result.estimates.items():
             out["estimates"][name]["relative_error"] = abs(e.value - truth) / truth if truth else math.nan
     return out
+
+
+STREAM_ROWS = 2_000_000  # above this many logged decisions `adrl ope` streams the log by default
+
+
+def _streamed(
+    logs: Path,
+    layout: Any,
+    targets: dict[str, Any],
+    estimators: list[str],
+    *,
+    sim: Any,
+    q: Any,
+    seed: int,
+    alpha: float,
+    n_boot: int,
+    n_folds: int,
+    max_starts: int | None,
+    sample_episodes: int,
+    engine: str = "local",
+    address: str | None = None,
+) -> tuple[dict[str, OPEResult], Estimate]:
+    """Every target's estimates from one streamed pass, as :class:`OPEResult` (with a rich progress bar)."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adrl.ope.stream import count_rows, evaluate_log
+
+    t0 = time.perf_counter()
+    common: dict[str, Any] = dict(sim=sim, q=q, seed=seed, alpha=alpha, n_boot=n_boot, n_folds=n_folds,
+                                  max_starts=max_starts or 100_000, sample_episodes=sample_episodes)  # fmt: skip
+    if engine == "ray":
+        from adrl.ope.ray_engine import evaluate_log_ray
+
+        res = evaluate_log_ray(logs, layout, {p: p for p in targets}, estimators, address=address, **common)
+    else:
+        with Progress(TextColumn("reading the log"), BarColumn(), MofNCompleteColumn(), TextColumn("decisions"),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("scan", total=count_rows(logs))
+            res = evaluate_log(logs, layout, {p: t.action_probabilities for p, t in targets.items()}, estimators,
+                               progress=lambda rows: bar.advance(task, rows), **common)  # fmt: skip
+    scan_s = time.perf_counter() - t0 - sum(res.seconds_by_policy.values())
+    out = {}
+    for p, est in res.estimates.items():
+        extra = {"streamed": {"engine": engine, "starts": res.n_starts, "sample_episodes": res.n_sample_episodes,
+                              "scan_seconds": round(scan_s, 3)}}  # fmt: skip
+        model = "behavior model" if q is not None else "ridge per action on the sampled episodes"
+        out[p] = OPEResult(est, res.n_rows, res.n_episodes, model, res.seconds_by_policy[p] + scan_s, extra)
+    return out, res.logged
 
 
 SCOPE_LABEL = {"per-decision": "one-step value", "episode": "return / user-day"}
@@ -274,6 +360,26 @@ def register(app: typer.Typer) -> None:
         n_sim: Annotated[int, typer.Option(min=1000, help="OBD: Monte-Carlo rounds for BTS's distribution")] = 100_000,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
         force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
+        stream: Annotated[
+            bool | None,
+            typer.Option(
+                "--stream/--no-stream",
+                help=f"read the log in one streamed pass (default: when it has over {STREAM_ROWS:,} decisions)",
+            ),
+        ] = None,
+        max_starts: Annotated[
+            int | None,
+            typer.Option(min=2, help="logged starts the model-based estimate rolls out from (streamed: 100,000)"),
+        ] = None,
+        sample_episodes: Annotated[
+            int, typer.Option(min=1, help="streamed: episodes the row-level estimators (wdr, fqe, magic, ...) see")
+        ] = 20_000,
+        engine: Annotated[
+            str, typer.Option(help="local, or ray: scan each parquet shard on a Ray cluster (pip install 'adrl[ray]')")
+        ] = "local",
+        address: Annotated[
+            str | None, typer.Option(help="with --engine ray: the cluster's address, e.g. ray://head:10001")
+        ] = None,
     ) -> None:
         """Estimate candidate policies' return per user-day from logged decisions, rank them, say which to ship.
 
@@ -298,7 +404,8 @@ def register(app: typer.Typer) -> None:
                 names = parse_estimators(estimators or ",".join(ESTIMAND_DEFAULTS[estimand.value]))
                 result = run_adrl(
                     logs, policy, behavior or [], names, estimand=estimand.value, seed=seed, n_boot=n_boot,
-                    alpha=alpha, n_folds=folds, select_by=select_by,
+                    alpha=alpha, n_folds=folds, select_by=select_by, stream=stream, max_starts=max_starts,
+                    sample_episodes=sample_episodes, engine=engine, address=address,
                 )  # fmt: skip
             if out is not None:
                 with atomic_open(out, "w") as f:

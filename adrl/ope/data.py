@@ -17,7 +17,7 @@ import pandas as pd
 from adrl.actions import flat_index
 from adrl.errors import DataError, FeatureMismatch
 from adrl.features import LOG_PREFIX, FeatureLayout
-from adrl.logs import check_ranges, feature_columns, read_logs, read_schema
+from adrl.logs import check_ranges, feature_columns, iter_batches, read_logs, read_schema
 from adrl.ope.validation import check_sequential_inputs
 
 TargetProbs = Callable[[np.ndarray], np.ndarray]
@@ -147,8 +147,11 @@ def interference_note(path: Path | str) -> str | None:
     """The no-interference warning for a log with shares (a ``share`` column with a True), else None."""
     if "share" not in read_schema(path).names:
         return None
-    share = read_logs(path, columns=["share"])["share"].to_numpy(dtype=bool)
-    return INTERFERENCE_NOTE.format(shares=int(share.sum()), rows=share.size) if share.any() else None
+    shares = rows = 0
+    for df in iter_batches(path, columns=["share"]):
+        shares += int(df["share"].to_numpy(dtype=bool).sum())
+        rows += len(df)
+    return INTERFERENCE_NOTE.format(shares=shares, rows=rows) if shares else None
 
 
 def read_adrl_logs(path: Path | str, layout: FeatureLayout) -> LoggedData:

@@ -147,7 +147,13 @@ def calibrate_members(
         DataError: the log has no impressions, or lacks the outcome columns.
     """
     cols = ["shown", "click", "conversion", "leave", "delay", "slot", "creative", *feature_columns(layout)]
-    parts = [df[df["shown"]] for df in iter_batches(logs, columns=cols)]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in log_files(logs))
+    keep = min(1.0, 2.0 * max_rows / max(total, 1))  # thin while streaming, so memory stays near max_rows
+    thin = np.random.default_rng(seed)
+    parts = []
+    for df in iter_batches(logs, columns=cols):
+        shown_part = df[df["shown"]]
+        parts.append(shown_part if keep >= 1.0 else shown_part[thin.random(len(shown_part)) < keep])
     shown = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     if len(shown) == 0:
         raise DataError(f"{logs}: no impressions to calibrate the behavior models on")

@@ -1,0 +1,111 @@
+"""``adrl ope --engine ray``: the streamed pass of :mod:`adrl.ope.stream` run per parquet shard on a Ray cluster.
+
+Each file of the log is one shard. Ray Data maps the shards to their scan states (the per-episode sufficient
+statistics: the moments of ``[ρ_t r_t, ρ_t]``, the sampled starts and the sampled episodes' rows) on the workers,
+and the driver merges them and finishes the estimates exactly as the local pass does, so both give the same
+estimates up to floating-point summation order. The policies are loaded on the workers from their artifact
+directories, so the workers must see the same paths (a shared file system), and the behavior members stay on the
+driver. Ray is the optional extra ``adrl[ray]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adrl.errors import ConfigError, DataError
+from adrl.features import FeatureLayout
+from adrl.logs import log_files
+from adrl.ope.model_based import Simulators
+from adrl.ope.stream import ScanConfig, ScanState, StreamResult, check_layout, finish, scan, survey
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:  # the default install has no Ray
+        raise ConfigError("--engine ray needs Ray: pip install 'adrl[ray]' (on the driver and every worker)") from e
+    return ray
+
+
+def _scan_shard(row: dict[str, Any], policies: Mapping[str, str], cfg: ScanConfig) -> dict[str, Any]:
+    from adrl.agents.registry import load_policy_artifact
+
+    targets = {
+        k: load_policy_artifact(Path(p), expect_layout=cfg.layout).action_probabilities for k, p in policies.items()
+    }
+    return {"file": row["file"], "state": scan([Path(row["file"])], targets, cfg)}
+
+
+def _shard_ids(row: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    return {"file": row["file"], "ids": survey(pq.ParquetFile(row["file"]))[0]}
+
+
+def evaluate_log_ray(
+    path: Path | str,
+    layout: FeatureLayout,
+    policies: Mapping[str, str],
+    estimators: Sequence[str],
+    *,
+    sim: Simulators | None,
+    q: Any = None,
+    seed: int,
+    alpha: float = 0.05,
+    n_boot: int = 200,
+    n_folds: int = 2,
+    gamma: float = 1.0,
+    max_starts: int | None = 100_000,
+    sample_episodes: int = 20_000,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> StreamResult:
+    """:func:`adrl.ope.stream.evaluate_log` with the shards scanned by Ray Data; ``policies`` maps each candidate's
+    name to its artifact directory. ``address`` is the cluster's (None: a local Ray with ``num_cpus``)."""
+    ray = _ray()
+    check_layout(path, layout)
+    files = [str(f) for f in log_files(path)]
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)  # fmt: skip
+    try:
+        ids = ray.data.from_items([{"file": f} for f in files]).map(_shard_ids).take_all()
+        all_ids = np.concatenate([np.asarray(r["ids"], dtype=np.int64) for r in ids])
+        n_episodes = int(np.unique(all_ids).size)
+        if n_episodes == 0:
+            raise DataError(f"{path}: the log is empty")
+        cfg = ScanConfig(
+            layout, horizon=2 * layout.horizon, seed=seed, gamma=gamma,
+            start_fraction=1.0 if max_starts is None else min(1.0, max_starts / n_episodes),
+            sample_fraction=min(1.0, sample_episodes / n_episodes),
+        )  # fmt: skip
+        rows = (
+            ray.data.from_items([{"file": f} for f in files])
+            .map(_scan_shard, fn_kwargs={"policies": dict(policies), "cfg": cfg})
+            .take_all()
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    by_file = {r["file"]: r["state"] for r in rows}
+    state: ScanState = by_file[files[0]]
+    for f in files[1:]:  # in file order, as the local pass reads them
+        state.merge(by_file[f])
+    targets = _local_targets(policies, layout)
+    rngs = {name: np.random.default_rng([seed, k]) for k, name in enumerate(policies)}
+    return finish(state, targets, estimators, cfg, sim=sim, q=q, rng_for=rngs, alpha=alpha, n_boot=n_boot,
+                  n_folds=n_folds)  # fmt: skip
+
+
+def _local_targets(policies: Mapping[str, str], layout: FeatureLayout) -> dict[str, Any]:
+    from adrl.agents.registry import load_policy_artifact
+
+    return {k: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for k, p in policies.items()}
+
+
+__all__ = ["evaluate_log_ray"]
