@@ -40,7 +40,7 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
 
 
 def return_estimators(
-    n_users: int, policy_name: str, members: int, epochs: int, fit_users: int, sample_episodes: int
+    n_users: int, policy_name: str, members: int, epochs: int, fit_users: int, sample_episodes: int, max_starts: int
 ) -> dict[str, Any]:
     """``adrl ope`` (streamed, every default return estimator) of one policy on ``n_users`` logged user-days, in a
     child process so that its wall time and peak resident memory are its own, beside ``simulate``'s time to write
@@ -60,7 +60,8 @@ def return_estimators(
     sc = Scenario()
     policy: Any = {"pacing": PacingPolicy(sc, 3), "greedy": GreedyPolicy(sc), "random": RandomPolicy(sc)}[policy_name]
     out: dict[str, Any] = {"users": n_users, "policy": policy_name, "members": members, "fit_epochs": epochs,
-                           "fit_users": fit_users, "sample_episodes": sample_episodes}  # fmt: skip
+                           "fit_users": fit_users, "sample_episodes": sample_episodes,
+                           "max_starts": max_starts}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         logs, fit_logs = Path(tmp) / "logs.parquet", Path(tmp) / "fit.parquet"
         t = time.perf_counter()
@@ -74,6 +75,7 @@ def return_estimators(
         policy.save(Path(tmp) / "policy")
         cmd = [sys.executable, "-m", "adrl.cli", "ope", "--logs", str(logs), "--policy", str(Path(tmp) / "policy"),
                "--behavior", str(Path(tmp) / "members"), "--stream", "--sample-episodes", str(sample_episodes),
+               "--max-starts", str(max_starts),
                "--n-boot", "200", "--out", str(Path(tmp) / "ope.json")]  # fmt: skip
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--fit-epochs", type=int, default=2)
     ap.add_argument("--fit-users", type=int, default=100_000, help="user-days the behavior members are fitted on")
     ap.add_argument("--sample-episodes", type=int, default=20_000, help="episodes the row-level estimators see")
+    ap.add_argument("--max-starts", type=int, default=100_000, help="starts the model-based estimate rolls out from")
     ap.add_argument("--only-return", action="store_true", help="skip the per-decision timings")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -131,7 +134,7 @@ def main() -> None:
     if args.only_return and args.return_users:
         print(json.dumps({"cpu_count": os.cpu_count(), "return_estimators": return_estimators(
             args.return_users, args.return_policy, args.members, args.fit_epochs, args.fit_users,
-            args.sample_episodes)}, indent=2))  # fmt: skip
+            args.sample_episodes, args.max_starts)}, indent=2))  # fmt: skip
         return
     t_from = min(float(from_policy_output()[0]) for _ in range(args.repeat))  # type: ignore[index]
     boot_values = rng.random(100_000)
@@ -176,6 +179,7 @@ def main() -> None:
             args.fit_epochs,
             args.fit_users,
             args.sample_episodes,
+            args.max_starts,
         )
     print(json.dumps(result, indent=2))
 

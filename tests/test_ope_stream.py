@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -188,21 +190,23 @@ def test_adrl_ope_stream_agrees_with_the_in_memory_path(logs: Path, tmp_path: Pa
 
 def test_the_ray_engine_gives_the_local_estimates_on_a_sharded_log(logs: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'adrl[ray]'")
+    from adrl.commands.ope import load_targets
     from adrl.ope.ray_engine import evaluate_log_ray
 
     table = pq.read_table(logs)
     shards = tmp_path / "shards"
     shards.mkdir()
     part = table["episode_id"].to_numpy() % 4
-    for k in range(4):
-        _write(shards / f"part-{k}.parquet", table.filter(pa.array(part == k)))
+    for j in range(4):
+        _write(shards / f"part-{j}.parquet", table.filter(pa.array(part == j)))
     PacingPolicy(SC, 3).save(tmp_path / "pacing")
     GreedyPolicy(SC).save(tmp_path / "greedy")
-    policies = {"pacing": str(tmp_path / "pacing"), "greedy": str(tmp_path / "greedy")}
+    policies = {str(tmp_path / "pacing"): str(tmp_path / "pacing"), str(tmp_path / "greedy"): str(tmp_path / "greedy")}
     names = ["pdis", "wis", "wdr"]
     local = stream.evaluate_log(shards, LAYOUT, _targets_of(policies), names, sim=None, seed=5, n_boot=50,
                                 sample_episodes=600)  # fmt: skip
-    remote = evaluate_log_ray(shards, LAYOUT, policies, names, sim=None, seed=5, n_boot=50, sample_episodes=600,
+    make = functools.partial(load_targets, (str(tmp_path / "pacing"), str(tmp_path / "greedy")), LAYOUT)
+    remote = evaluate_log_ray(shards, LAYOUT, make, names, sim=None, seed=5, n_boot=50, sample_episodes=600,
                               num_cpus=2)  # fmt: skip
     assert remote.n_rows == local.n_rows and remote.n_sample_episodes == local.n_sample_episodes
     for name in policies:
@@ -211,7 +215,7 @@ def test_the_ray_engine_gives_the_local_estimates_on_a_sharded_log(logs: Path, t
             assert abs(a.value - b.value) <= 1e-9 and abs(a.upper - b.upper) <= 1e-9, (name, k)
 
 
-def _targets_of(policies: dict[str, str]) -> dict[str, object]:
+def _targets_of(policies: dict[str, str]) -> dict[str, Any]:
     from adrl.agents.registry import load_policy_artifact
 
     return {k: load_policy_artifact(Path(p), expect_layout=LAYOUT).action_probabilities for k, p in policies.items()}

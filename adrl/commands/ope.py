@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from enum import StrEnum
@@ -218,6 +219,13 @@ def run_obd(
     return out
 
 
+def load_targets(paths: tuple[str, ...], layout: Any) -> dict[str, Any]:
+    """The candidates' action probabilities by artifact path (what each Ray worker builds for its shard)."""
+    from adrl.agents.registry import load_policy_artifact
+
+    return {p: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for p in paths}
+
+
 STREAM_ROWS = 2_000_000  # above this many logged decisions `adrl ope` streams the log by default
 
 
@@ -251,7 +259,8 @@ def _streamed(
     if engine == "ray":
         from adrl.ope.ray_engine import evaluate_log_ray
 
-        res = evaluate_log_ray(logs, layout, {p: p for p in targets}, estimators, address=address, **common)
+        make = functools.partial(load_targets, tuple(targets), layout)
+        res = evaluate_log_ray(logs, layout, make, estimators, address=address, **common)
     else:
         with Progress(TextColumn("reading the log"), BarColumn(), MofNCompleteColumn(), TextColumn("decisions"),
                       TimeRemainingColumn(), console=console, transient=True) as bar:  # fmt: skip

@@ -3,14 +3,14 @@
 Each file of the log is one shard. Ray Data maps the shards to their scan states (the per-episode sufficient
 statistics: the moments of ``[ρ_t r_t, ρ_t]``, the sampled starts and the sampled episodes' rows) on the workers,
 and the driver merges them and finishes the estimates exactly as the local pass does, so both give the same
-estimates up to floating-point summation order. The policies are loaded on the workers from their artifact
-directories, so the workers must see the same paths (a shared file system), and the behavior members stay on the
-driver. Ray is the optional extra ``adrl[ray]``.
+estimates up to floating-point summation order. The targets are built on each worker by ``make_targets`` (a
+picklable callable, e.g. one that loads policy artifacts, so the workers must see the same paths: a shared file
+system), and the behavior members stay on the driver. Ray is the optional extra ``adrl[ray]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 from adrl.errors import ConfigError, DataError
 from adrl.features import FeatureLayout
 from adrl.logs import log_files
+from adrl.ope.data import TargetProbs
 from adrl.ope.model_based import Simulators
 from adrl.ope.stream import ScanConfig, ScanState, StreamResult, check_layout, finish, scan, survey
 
@@ -31,13 +32,11 @@ def _ray() -> Any:
     return ray
 
 
-def _scan_shard(row: dict[str, Any], policies: Mapping[str, str], cfg: ScanConfig) -> dict[str, Any]:
-    from adrl.agents.registry import load_policy_artifact
+MakeTargets = Callable[[], Mapping[str, TargetProbs]]
 
-    targets = {
-        k: load_policy_artifact(Path(p), expect_layout=cfg.layout).action_probabilities for k, p in policies.items()
-    }
-    return {"file": row["file"], "state": scan([Path(row["file"])], targets, cfg)}
+
+def _scan_shard(row: dict[str, Any], make_targets: MakeTargets, cfg: ScanConfig) -> dict[str, Any]:
+    return {"file": row["file"], "state": scan([Path(row["file"])], make_targets(), cfg)}
 
 
 def _shard_ids(row: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +48,7 @@ def _shard_ids(row: dict[str, Any]) -> dict[str, Any]:
 def evaluate_log_ray(
     path: Path | str,
     layout: FeatureLayout,
-    policies: Mapping[str, str],
+    make_targets: MakeTargets,
     estimators: Sequence[str],
     *,
     sim: Simulators | None,
@@ -64,8 +63,9 @@ def evaluate_log_ray(
     address: str | None = None,
     num_cpus: int | None = None,
 ) -> StreamResult:
-    """:func:`adrl.ope.stream.evaluate_log` with the shards scanned by Ray Data; ``policies`` maps each candidate's
-    name to its artifact directory. ``address`` is the cluster's (None: a local Ray with ``num_cpus``)."""
+    """:func:`adrl.ope.stream.evaluate_log` with the shards scanned by Ray Data; ``make_targets()`` gives the
+    candidates by name (called once per shard, on its worker, and once on the driver). ``address`` is the
+    cluster's (None: a local Ray with ``num_cpus``)."""
     ray = _ray()
     check_layout(path, layout)
     files = [str(f) for f in log_files(path)]
@@ -86,7 +86,7 @@ def evaluate_log_ray(
         )  # fmt: skip
         rows = (
             ray.data.from_items([{"file": f} for f in files])
-            .map(_scan_shard, fn_kwargs={"policies": dict(policies), "cfg": cfg})
+            .map(_scan_shard, fn_kwargs={"make_targets": make_targets, "cfg": cfg})
             .take_all()
         )
     finally:
@@ -96,16 +96,10 @@ def evaluate_log_ray(
     state: ScanState = by_file[files[0]]
     for f in files[1:]:  # in file order, as the local pass reads them
         state.merge(by_file[f])
-    targets = _local_targets(policies, layout)
-    rngs = {name: np.random.default_rng([seed, k]) for k, name in enumerate(policies)}
+    targets = make_targets()
+    rngs = {name: np.random.default_rng([seed, k]) for k, name in enumerate(targets)}
     return finish(state, targets, estimators, cfg, sim=sim, q=q, rng_for=rngs, alpha=alpha, n_boot=n_boot,
                   n_folds=n_folds)  # fmt: skip
 
 
-def _local_targets(policies: Mapping[str, str], layout: FeatureLayout) -> dict[str, Any]:
-    from adrl.agents.registry import load_policy_artifact
-
-    return {k: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for k, p in policies.items()}
-
-
-__all__ = ["evaluate_log_ray"]
+__all__ = ["MakeTargets", "evaluate_log_ray"]

@@ -262,26 +262,35 @@ def _scan_file(
     in once the pass has read its last row, so memory holds only the episodes open at a time (one chunk of users
     of ``adrl simulate``, the concurrent users of a server log)."""
     uniq, last = survey(pf)
-    held: pa.Table | None = None
+    held: list[pa.Table] = []  # row groups read, with the rows of episodes still open
+    held_last: list[np.ndarray] = []  # each held row's episode's last row
     end = 0
-    for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=columns):
-        end += batch.num_rows
-        table = pa.Table.from_batches([batch])
-        held = table if held is None else pa.concat_tables([held, table])
-        eid = held.column("episode_id").to_numpy()
-        done = last[np.searchsorted(uniq, eid)] < end
-        if done.all():
-            ready, held = held, None
-        elif done.any():
-            mask = pa.array(done)
-            ready, held = held.filter(mask), held.filter(pa.compute.invert(mask))
-        else:
+    # row group by row group: pyarrow's batch iterator keeps growing buffers over a whole file (measured)
+    batches = (pf.read_row_group(i, columns=columns) for i in range(pf.num_row_groups))
+    for batch in itertools.chain(batches, [None]):
+        if batch is not None:
+            end += batch.num_rows
+            held.append(batch)
+            held_last.append(last[np.searchsorted(uniq, batch.column("episode_id").to_numpy())])
+        rows_last = np.concatenate(held_last) if held_last else np.zeros(0, dtype=np.int64)
+        done = rows_last < end
+        # fold in once enough rows are ready (a simulate chunk ends, or the file does), not batch by batch
+        if not done.any() or (batch is not None and done.sum() < cfg.batch_rows):
             continue
+        table = pa.concat_tables(held)
+        if done.all():
+            ready, held, held_last = table, [], []
+        else:
+            mask = pa.array(done)
+            ready = table.filter(mask)
+            held, held_last = [table.filter(pa.compute.invert(mask))], [rows_last[~done]]
         _scan_table(ready, targets, cfg, state)
         if progress is not None:
             progress(ready.num_rows)
-    if held is not None and held.num_rows:  # cannot happen: every episode's last row was read
-        raise DataError(f"{pf.metadata}: {held.num_rows} rows were left unread")
+        del ready, table
+        pa.default_memory_pool().release_unused()  # hand freed buffers back, so the peak is one chunk's
+    if held and sum(t.num_rows for t in held):  # cannot happen: every episode's last row was read
+        raise DataError(f"{pf.metadata}: rows were left unread")
 
 
 def scan(
