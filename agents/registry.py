@@ -265,6 +265,12 @@ def load_policy_artifact(path: Path | str, *, expect_layout: FeatureLayout | Non
     return policy
 
 
+def load_action_probabilities(paths: tuple[str, ...], layout: FeatureLayout) -> dict[str, Any]:
+    """Each artifact's ``action_probabilities`` by path, refused if its layout differs: what a worker of a sharded
+    evaluation builds for itself from paths (a function of plain data, so it travels to other processes)."""
+    return {p: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for p in paths}
+
+
 def _import_builtin_kinds() -> None:
     """Importing the agent modules registers their kinds."""
     for module in dict.fromkeys(AGENTS.values()):

@@ -219,13 +219,6 @@ def run_obd(
     return out
 
 
-def load_targets(paths: tuple[str, ...], layout: Any) -> dict[str, Any]:
-    """The candidates' action probabilities by artifact path (what each Ray worker builds for its shard)."""
-    from adrl.agents.registry import load_policy_artifact
-
-    return {p: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for p in paths}
-
-
 STREAM_ROWS = 2_000_000  # above this many logged decisions `adrl ope` streams the log by default
 
 
@@ -257,9 +250,10 @@ def _streamed(
     common: dict[str, Any] = dict(sim=sim, q=q, seed=seed, alpha=alpha, n_boot=n_boot, n_folds=n_folds,
                                   max_starts=max_starts or 100_000, sample_episodes=sample_episodes)  # fmt: skip
     if engine == "ray":
+        from adrl.agents.registry import load_action_probabilities
         from adrl.ope.ray_engine import evaluate_log_ray
 
-        make = functools.partial(load_targets, tuple(targets), layout)
+        make = functools.partial(load_action_probabilities, tuple(targets), layout)
         res = evaluate_log_ray(logs, layout, make, estimators, address=address, **common)
     else:
         with Progress(TextColumn("reading the log"), BarColumn(), MofNCompleteColumn(), TextColumn("decisions"),
