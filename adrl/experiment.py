@@ -325,9 +325,7 @@ def cuped_fit(lin: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> tuple[dic
     return out, r2
 
 
-def _cuped(
-    by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFrame, names: Sequence[str]
-) -> Cuped:
+def _cuped(by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFrame, names: Sequence[str]) -> Cuped:
     """CUPED of every linearised ratio metric (``cuped_fit``) on ``covariates``; skipped, with the reason, when an
     arm has too few users for the covariates."""
     x, columns = covariates(by_arm, pre, fields, names)
