@@ -7,9 +7,12 @@ Per arm, from per-user sums (reward, user-days = distinct episodes, impressions,
 * absolute lift (treatment − control) and relative lift (treatment / control − 1, delta method), normal 95% CIs;
 * a sample-ratio-mismatch check: Pearson chi-square of users per arm against the split the server served
   (``DIR/experiment.jsonl``), flagged below p = 0.001;
-* CUPED with pre-period covariates (each user's reward, clicks, conversions, impressions and leaves per user-day in
-  ``--pre-logs``: the same users before the experiment), applied to each linearised ratio metric, θ pooled over
-  arms (least squares);
+* CUPED (regression adjustment) of each linearised ratio metric on covariates fixed before the arms act: each
+  user's reward, clicks, conversions, impressions and leaves per user-day in ``--pre-logs`` (the same users before
+  the experiment; users absent from it get the pre-period mean and a ``pre_absent`` indicator), and the segment
+  (one-hot) and signals the client sent on the user's first logged decision. θ is pooled within arms (least squares
+  on arm-centred x and y, so the treatment effect cannot leak into it); the se divides the residuals' sum of
+  squares by n − k − 1 per arm (k covariates); the output gives the within-arm R² and the covariates used;
 * an always-valid sequential test of the return lift: the normal-mixture mSPRT (Johari et al. 2017) with mixing
   scale τ; ``Λ ≥ 1/α`` rejects, at any look, with false-positive rate ≤ α however often one peeks;
 * guardrails: churn flagged when its lift CI lies wholly above 0 (more users quitting);
@@ -269,7 +272,9 @@ def covariates(
     out: they explain nothing and would cost a degree of freedom."""
     pre = pre[pre["user_id"] != -1]
     if pre.empty:
-        raise DataError("pre-period log: no decisions with a user id; CUPED's covariates are per user")
+        raise DataError(
+            "the pre-period log (--pre-logs) has no decisions with a user id; CUPED's covariates are per user"
+        )
     pre_u = per_user(pre.assign(arm="pre"))
     covs = pre_u[list(PRE_METRICS)].div(pre_u["user_days"], axis=0).add_prefix("pre_")
     fill = covs.mean()
@@ -297,14 +302,23 @@ class Cuped:
     skipped: str | None = None
 
 
-def cuped_fit(lin: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> tuple[dict[str, tuple[float, float]], float]:
+@dataclass(frozen=True)
+class CupedFit:
+    """One metric's CUPED: the adjusted (mean, se) per arm, the within-arm R² and θ."""
+
+    arms: dict[str, tuple[float, float]]
+    r2: float
+    theta: np.ndarray
+
+
+def cuped_fit(lin: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> CupedFit:
     """CUPED (regression adjustment) of per-user values ``lin[arm]`` on covariates ``x[arm]`` (users × k).
 
     θ is the pooled-within-arm least-squares fit (x and y centred by arm before the solve), so a difference between
     the arms' means cannot leak into θ; every arm is then adjusted with the same θ to the pooled covariate mean,
     ``ȳ_a − (x̄_a − x̄) θ``, which keeps each arm's mean unbiased (the arms' x̄ differ by chance only). The se of
     an arm's mean is its residuals' root mean square over ``n_a − rank − 1`` (the covariates' degrees of freedom)
-    over sqrt(n_a). Returns (mean, se) per arm and the within-arm R²."""
+    over sqrt(n_a)."""
     names = list(lin)
     xc = np.concatenate([x[a] - x[a].mean(axis=0) for a in names])
     yc = np.concatenate([lin[a] - lin[a].mean() for a in names])
@@ -322,7 +336,7 @@ def cuped_fit(lin: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> tuple[dic
         mean = float(lin[a].mean() - (x[a].mean(axis=0) - xbar) @ theta)
         dof = n - int(rank) - 1
         out[a] = (mean, math.sqrt(float(r @ r) / dof / n) if dof > 0 else math.nan)
-    return out, r2
+    return CupedFit(out, r2, theta)
 
 
 def _cuped(by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFrame, names: Sequence[str]) -> Cuped:
@@ -337,7 +351,8 @@ def _cuped(by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFr
     r2: dict[str, float] = {}
     for metric, (num, den) in METRICS.items():
         lin = {a: linearised(by_arm[a][num].to_numpy(np.float64), by_arm[a][den].to_numpy(np.float64)) for a in names}
-        arms[metric], r2[metric] = cuped_fit(lin, x)
+        fit = cuped_fit(lin, x)
+        arms[metric], r2[metric] = fit.arms, fit.r2
     return Cuped(arms, r2, columns)
 
 
