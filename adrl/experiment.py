@@ -7,9 +7,12 @@ Per arm, from per-user sums (reward, user-days = distinct episodes, impressions,
 * absolute lift (treatment − control) and relative lift (treatment / control − 1, delta method), normal 95% CIs;
 * a sample-ratio-mismatch check: Pearson chi-square of users per arm against the split the server served
   (``DIR/experiment.jsonl``), flagged below p = 0.001;
-* CUPED with pre-period covariates (each user's reward, clicks, conversions, impressions and leaves per user-day in
-  ``--pre-logs``: the same users before the experiment), applied to each linearised ratio metric, θ pooled over
-  arms (least squares);
+* CUPED (regression adjustment) of each linearised ratio metric on covariates fixed before the arms act: each
+  user's reward, clicks, conversions, impressions and leaves per user-day in ``--pre-logs`` (the same users before
+  the experiment; users absent from it get the pre-period mean and a ``pre_absent`` indicator), and the segment
+  (one-hot) and signals the client sent on the user's first logged decision. θ is pooled within arms (least squares
+  on arm-centred x and y, so the treatment effect cannot leak into it); the se divides the residuals' sum of
+  squares by n − k − 1 per arm (k covariates); the output gives the within-arm R² and the covariates used;
 * an always-valid sequential test of the return lift: the normal-mixture mSPRT (Johari et al. 2017) with mixing
   scale τ; ``Λ ≥ 1/α`` rejects, at any look, with false-positive rate ≤ α however often one peeks;
 * guardrails: churn flagged when its lift CI lies wholly above 0 (more users quitting);
@@ -46,6 +49,8 @@ METRICS = {
     "churn": ("leaves", "user_days"),
 }
 USER_COLUMNS = ["user_id", "episode_id", "reward", "shown", "click", "conversion", "leave"]
+PRE_METRICS = ("reward", "clicks", "conversions", "impressions", "leaves")  # CUPED: pre-period, per user-day
+SEGMENT_COLUMN, SIGNAL_PREFIX = "x_segment", "x_signal_"  # CUPED: the user fields of the first decision
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def readout(
     tau = opts.tau
     if tau is None:
         tau = 0.1 * abs(ratios[control]["return_per_user_day"].value) or 1.0
-    cuped = _cuped(by_arm, pre, names) if pre is not None else None
+    cuped = _cuped(by_arm, pre, user_fields(df), names) if pre is not None else None
     for a in names:
         if a == control:
             continue
@@ -217,8 +222,16 @@ def readout(
             "guardrails": {"churn_up": bool(lifts["churn"]["absolute_ci"][0] > 0)},
         }
         if cuped is not None:
-            entry["cuped"] = {"covariates": "pre-period reward, clicks, conversions, impressions, leaves per user-day"}
-            for m, arms_m in cuped.items():
+            entry["cuped"] = {
+                "covariates": "pre-period reward, clicks, conversions, impressions, leaves per user-day (absent "
+                "users: the mean, and pre_absent); segment one-hot and signals of the user's first decision",
+                "columns": cuped.columns,
+                "n_covariates": len(cuped.columns),
+                "theta": "pooled within arms (least squares on arm-centred x and y)",
+            }
+            if cuped.skipped is not None:
+                entry["cuped"]["skipped"] = cuped.skipped
+            for m, arms_m in cuped.arms.items():
                 (mc, sc), (mt, st) = arms_m[control], arms_m[a]
                 diff, se = mt - mc, math.hypot(sc, st)
                 plain = lifts[m]["absolute_se"]
@@ -227,35 +240,120 @@ def readout(
                     "absolute_se": se,
                     "absolute_ci": [diff - z * se, diff + z * se],
                     "width_ratio": se / plain if plain > 0 else math.nan,
+                    "r2": cuped.r2[m],
                 }
         out["lift"][a] = entry
     return out
 
 
-def _cuped(
-    by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, names: Sequence[str]
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per metric and arm, the CUPED-adjusted (mean, se) of the linearised metric. Covariates: each user's
-    pre-period reward, clicks, conversions, impressions and leaves per user-day (users absent from the pre-period
-    get the pre-period means); θ is the pooled least-squares fit over all arms, so it is the same for every arm."""
-    pre_u = per_user(pre.assign(arm="pre")[pre["user_id"] != -1])
-    cov_cols = ["reward", "clicks", "conversions", "impressions", "leaves"]
-    covs = pre_u[cov_cols].div(pre_u["user_days"], axis=0)
+def user_fields(df: pd.DataFrame) -> pd.DataFrame:
+    """Each user's fields on their first logged decision: the segment (one-hot, the lowest level left out) and the
+    signals (``x_segment``, ``x_signal_*``). They are what the client says about the user before an arm acts, so
+    the arms cannot move them; empty (no columns) when the log has no such columns."""
+    signals = sorted(c for c in df.columns if c.startswith(SIGNAL_PREFIX))
+    cols = ([SEGMENT_COLUMN] if SEGMENT_COLUMN in df.columns else []) + signals
+    if not cols:
+        return pd.DataFrame(index=pd.Index(df["user_id"].unique(), name="user_id"))
+    first = df.groupby("user_id")[cols].first()
+    out = first[signals].astype(np.float64).rename(columns=lambda c: c.removeprefix("x_"))
+    if SEGMENT_COLUMN in cols:
+        seg = first[SEGMENT_COLUMN].round().astype(np.int64)
+        for level in sorted(seg.unique())[1:]:
+            out[f"segment_{level}"] = (seg == level).astype(np.float64)
+    return out
+
+
+def covariates(
+    by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFrame, names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per arm, the (users × k) covariate matrix of its users, and the column names: the pre-period per-user-day
+    metrics (users absent from the pre-period get the pre-period mean and ``pre_absent`` = 1) and the user fields.
+    Columns that are constant over the experiment's users (e.g. ``pre_absent`` when everyone was there) are left
+    out: they explain nothing and would cost a degree of freedom."""
+    pre = pre[pre["user_id"] != -1]
+    if pre.empty:
+        raise DataError(
+            "the pre-period log (--pre-logs) has no decisions with a user id; CUPED's covariates are per user"
+        )
+    pre_u = per_user(pre.assign(arm="pre"))
+    covs = pre_u[list(PRE_METRICS)].div(pre_u["user_days"], axis=0).add_prefix("pre_")
     fill = covs.mean()
-    x = {a: covs.reindex(by_arm[a].index).fillna(fill).to_numpy(np.float64) for a in names}
-    xs = np.concatenate([x[a] for a in names])
-    xc_mean = xs.mean(axis=0)
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+    frames = {}
+    for a in names:
+        idx = by_arm[a].index
+        c = covs.reindex(idx)
+        absent = c.isna().any(axis=1).astype(np.float64).rename("pre_absent")
+        frames[a] = pd.concat([c.fillna(fill), absent, fields.reindex(idx)], axis=1)
+    allx = pd.concat([frames[a] for a in names])
+    allx = allx.fillna(allx.mean())  # a user without fields (no x_ columns on their rows): the mean, no signal
+    keep = [c for c in allx.columns if allx[c].nunique() > 1]
+    sizes = np.cumsum([0] + [len(frames[a]) for a in names])
+    mat = allx[keep].to_numpy(np.float64)
+    return {a: mat[sizes[i] : sizes[i + 1]] for i, a in enumerate(names)}, keep
+
+
+@dataclass(frozen=True)
+class Cuped:
+    """CUPED per metric and arm: the adjusted (mean, se); per metric the within-arm R²; the covariates used."""
+
+    arms: dict[str, dict[str, tuple[float, float]]]
+    r2: dict[str, float]
+    columns: list[str]
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class CupedFit:
+    """One metric's CUPED: the adjusted (mean, se) per arm, the within-arm R² and θ."""
+
+    arms: dict[str, tuple[float, float]]
+    r2: float
+    theta: np.ndarray
+
+
+def cuped_fit(lin: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> CupedFit:
+    """CUPED (regression adjustment) of per-user values ``lin[arm]`` on covariates ``x[arm]`` (users × k).
+
+    θ is the pooled-within-arm least-squares fit (x and y centred by arm before the solve), so a difference between
+    the arms' means cannot leak into θ; every arm is then adjusted with the same θ to the pooled covariate mean,
+    ``ȳ_a − (x̄_a − x̄) θ``, which keeps each arm's mean unbiased (the arms' x̄ differ by chance only). The se of
+    an arm's mean is its residuals' root mean square over ``n_a − rank − 1`` (the covariates' degrees of freedom)
+    over sqrt(n_a)."""
+    names = list(lin)
+    xc = np.concatenate([x[a] - x[a].mean(axis=0) for a in names])
+    yc = np.concatenate([lin[a] - lin[a].mean() for a in names])
+    theta, _, rank, _ = np.linalg.lstsq(xc, yc, rcond=None)
+    resid = yc - xc @ theta
+    sst = float(yc @ yc)
+    r2 = 1.0 - float(resid @ resid) / sst if sst > 0 else math.nan
+    xbar = np.concatenate([x[a] for a in names]).mean(axis=0)
+    out: dict[str, tuple[float, float]] = {}
+    lo = 0
+    for a in names:
+        n = lin[a].size
+        r = resid[lo : lo + n]
+        lo += n
+        mean = float(lin[a].mean() - (x[a].mean(axis=0) - xbar) @ theta)
+        dof = n - int(rank) - 1
+        out[a] = (mean, math.sqrt(float(r @ r) / dof / n) if dof > 0 else math.nan)
+    return CupedFit(out, r2, theta)
+
+
+def _cuped(by_arm: dict[str, pd.DataFrame], pre: pd.DataFrame, fields: pd.DataFrame, names: Sequence[str]) -> Cuped:
+    """CUPED of every linearised ratio metric (``cuped_fit``) on ``covariates``; skipped, with the reason, when an
+    arm has too few users for the covariates."""
+    x, columns = covariates(by_arm, pre, fields, names)
+    k = len(columns)
+    small = [a for a in names if len(by_arm[a]) <= k + 1]
+    if small:
+        return Cuped({}, {}, columns, f"arm(s) {small} have no more users than covariates + 1 ({k + 1})")
+    arms: dict[str, dict[str, tuple[float, float]]] = {}
+    r2: dict[str, float] = {}
     for metric, (num, den) in METRICS.items():
         lin = {a: linearised(by_arm[a][num].to_numpy(np.float64), by_arm[a][den].to_numpy(np.float64)) for a in names}
-        ys = np.concatenate([lin[a] for a in names])
-        xc = xs - xc_mean
-        theta, *_ = np.linalg.lstsq(xc, ys - ys.mean(), rcond=None)
-        out[metric] = {}
-        for a in names:
-            adj = lin[a] - (x[a] - xc_mean) @ theta
-            out[metric][a] = (float(adj.mean()), float(adj.std(ddof=1) / math.sqrt(adj.size)))
-    return out
+        fit = cuped_fit(lin, x)
+        arms[metric], r2[metric] = fit.arms, fit.r2
+    return Cuped(arms, r2, columns)
 
 
 def experiment_history(log_dir: Path) -> list[dict[str, Any]]:

@@ -15,10 +15,18 @@ Measured (issue 18's goals in brackets):
 3. ``srm``: users assigned by the server's own assignment code (``Experiment.assign``, fresh salt per run); in the
    broken runs 3% of arm B's users lose all their records; share flagged by the chi-square check (p < 0.001)
    [broken ≥ 95%, correct ≤ 1%]; the full-path A/A and A/B runs' final SRM flags are reported too;
-4. ``cuped``: experiments with a ``--pre-days`` pre-period on a control-only server (the same users before the
-   experiment): CUPED CI width / plain CI width per metric [return ≤ 0.8].
+4. ``cuped``: pacing gap 3 (A, ε=0.1) vs pacing gap 4 (B), ``--cuped-reps`` experiments of ``--cuped-days`` days
+   after a ``--pre-days`` pre-period on a control-only server (the same users before the experiment). Covariates:
+   each user's pre-period reward, clicks, conversions, impressions and leaves per user-day, and the segment
+   (one-hot) and signals of the user's first decision; θ pooled within arms. Reported: CUPED CI width / plain CI
+   width per metric [return ≤ 0.8], the within-arm R², and the share of CUPED and of plain 95% CIs of the return
+   lift that cover the true lift (``true_values`` of the two pacing arms) [CUPED ≥ 93%]. ``r2_ceiling``: the R²
+   of the best covariate there could be, each user's own expected return per day, from ``--ceiling-days`` days of
+   ``--ceiling-users`` users per arm (one-way ANOVA), with its width-ratio floor sqrt(1 − R²) and the R² a
+   pre-period mean of the return alone reaches: what limits the ratio is the users' day-to-day noise, not the fit.
 
 Usage: .venv/bin/python benchmarks/experiments.py [--reps 200] [--users 300] [--days 5] [--srm-users 120000]
+       [--only cuped --cuped-reps 40 --pre-days 28 --cuped-days 14 --ceiling-days 30]
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from adrl.agents.baselines import GreedyPolicy, PacingPolicy
-from adrl.drive import ServiceEndpoint, drive, true_values
+from adrl.drive import ServiceEndpoint, drive, live_days, true_values
 from adrl.experiment import ReadoutOptions, readout, srm
 from adrl.logs import read_logs
 from adrl.policy import load_policy
@@ -159,20 +167,62 @@ def aa_part(tmp: Path, arm: Path, args: argparse.Namespace, opts: ReadoutOptions
     }  # fmt: skip
 
 
-def cuped_part(tmp: Path, arms: tuple[Path, Path], args: argparse.Namespace, opts: ReadoutOptions) -> dict[str, Any]:
+def cuped_part(
+    tmp: Path, arms: tuple[Path, Path], true_lift: float, args: argparse.Namespace, opts: ReadoutOptions
+) -> dict[str, Any]:
+    """``--cuped-reps`` experiments of ``--cuped-days`` days after a ``--pre-days`` pre-period: CUPED CI width over
+    the plain CI's per metric, the within-arm R², and how often each CI of the return lift covers the true lift."""
     t0 = time.perf_counter()
     ratios: dict[str, list[float]] = {}
+    r2: list[float] = []
+    covered = {"cuped": 0, "plain": 0}
+    n_cov = 0
     for rep in range(args.cuped_reps):
-        out = run_experiment(tmp, arms, rep=200_000 + rep, users=args.users, days=args.pre_days, opts=opts,
+        out = run_experiment(tmp, arms, rep=200_000 + rep, users=args.users, days=args.cuped_days, opts=opts,
                              peek=False, pre_days=args.pre_days)[-1]  # fmt: skip
-        for m, v in out["lift"]["B"]["cuped"].items():
+        cuped = out["lift"]["B"]["cuped"]
+        n_cov = cuped["n_covariates"]
+        for m, v in cuped.items():
             if isinstance(v, dict):
                 ratios.setdefault(m, []).append(v["width_ratio"])
+        r2.append(cuped["return_per_user_day"]["r2"])
+        for kind, ci in (("cuped", cuped["return_per_user_day"]["absolute_ci"]),
+                         ("plain", out["lift"]["B"]["return_per_user_day"]["absolute_ci"])):  # fmt: skip
+            covered[kind] += ci[0] <= true_lift <= ci[1]
     return {
-        "runs": args.cuped_reps, "pre_days": args.pre_days, "days": args.pre_days,
-        "width_ratio_median": {m: float(np.median(v)) for m, v in ratios.items()},
+        "runs": args.cuped_reps, "users": args.users, "pre_days": args.pre_days, "days": args.cuped_days,
+        "n_covariates": n_cov, "width_ratio_median": {m: float(np.median(v)) for m, v in ratios.items()},
+        "r2_median": float(np.median(r2)), "coverage_95": {k: v / args.cuped_reps for k, v in covered.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
+
+
+def r2_ceiling(policies: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What limits the CUPED ratio: the R² of the best possible covariate, each user's own expected return per day μ
+    (no pre-period can beat knowing it). From ``--ceiling-days`` days of ``--ceiling-users`` users under each arm
+    (the truth's decisions, no server), one-way ANOVA: within-user day variance σ²_w, between-user σ²_b = var(user
+    means) − σ²_w / days; for a ``--cuped-days`` experiment R²_max = σ²_b / (σ²_b + σ²_w / D), and a
+    ``--pre-days`` pre-period mean of the return alone reaches σ²_b² / ((σ²_b + σ²_w / P)(σ²_b + σ²_w / D))."""
+    t0 = time.perf_counter()
+    sc, n, days = Scenario(), args.ceiling_users, args.ceiling_days
+    out: dict[str, Any] = {"users": n, "days": days}
+    for name, policy in policies.items():
+
+        def decide(obs: np.ndarray, idx: np.ndarray, day: int, steps: np.ndarray, p: Any = policy) -> Any:
+            return p.decide_arrays(obs).action, [None] * len(idx), []
+
+        daily = np.stack([live_days(sc, decide, None, users=n, days=1, seed=20_000, day_offset=d).reward
+                          for d in range(days)], axis=1)  # fmt: skip
+        within = float(daily.var(axis=1, ddof=1).mean())
+        between = float(daily.mean(axis=1).var(ddof=1) - within / days)
+        exp_var, pre_var = between + within / args.cuped_days, between + within / args.pre_days
+        r2_max = between / exp_var
+        out[name] = {
+            "between_user_var": between, "within_user_day_var": within, "r2_max": r2_max,
+            "width_ratio_floor": float(np.sqrt(1 - r2_max)), "r2_pre_mean_return": between**2 / (pre_var * exp_var),
+        }  # fmt: skip
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 def main() -> None:
@@ -182,14 +232,23 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=5, help="days per experiment (A/A: one look per day)")
     ap.add_argument("--truth-users", type=int, default=200_000)
     ap.add_argument("--srm-users", type=int, default=120_000)
-    ap.add_argument("--cuped-reps", type=int, default=20)
-    ap.add_argument("--pre-days", type=int, default=7)
+    ap.add_argument("--cuped-reps", type=int, default=40, help="CUPED experiments")
+    ap.add_argument("--pre-days", type=int, default=28, help="CUPED: days of the pre-period (control only)")
+    ap.add_argument("--cuped-days", type=int, default=14, help="CUPED: days of each experiment")
+    ap.add_argument("--ceiling-days", type=int, default=30, help="CUPED R² ceiling: days per user")
+    ap.add_argument("--ceiling-users", type=int, default=4000, help="CUPED R² ceiling: users per arm")
     ap.add_argument("--tau", type=float, default=0.1, help="mSPRT mixture scale (return per user-day)")
     ap.add_argument("--only", default="coverage,aa,srm,cuped", help="the parts to run, comma-separated")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if not parts <= {"coverage", "aa", "srm", "cuped"}:
         raise SystemExit(f"--only {args.only!r}: expected parts among coverage, aa, srm, cuped")
+    # a within-user variance needs two days of each user
+    least = {"reps": 1, "users": 1, "days": 1, "cuped_reps": 1, "pre_days": 1, "cuped_days": 1, "ceiling_users": 2,
+             "ceiling_days": 2}  # fmt: skip
+    for k, low in least.items():
+        if getattr(args, k) < low:
+            raise SystemExit(f"--{k.replace('_', '-')} {getattr(args, k)}: expected at least {low}")
     os.environ.setdefault("ADRL_LOG_KEY", "bench-only-key-0123456789abcdef")
     sc = Scenario()
     started = time.perf_counter()
@@ -203,14 +262,13 @@ def main() -> None:
         GreedyPolicy(sc).save(tmp / "greedy")
         PacingPolicy(sc, 3).save(tmp / "pacing")
         a, b = tmp / "greedy", tmp / "pacing"
-        t0 = time.perf_counter()
-        arm_policies = {"A": load_policy(a, exploration=EXPLORATION, seed=1),
-                        "B": load_policy(b, exploration=EXPLORATION, seed=2)}  # fmt: skip
-        truth = true_values(arm_policies, sc, users=args.truth_users, days=1, seed=999)
-        true_lift = truth["B"]["return_per_user_day"] - truth["A"]["return_per_user_day"]
-        result["truth"] = truth | {"lift": true_lift, "seconds": round(time.perf_counter() - t0, 1)}
-
         if "coverage" in parts:
+            t0 = time.perf_counter()
+            arm_policies = {"A": load_policy(a, exploration=EXPLORATION, seed=1),
+                            "B": load_policy(b, exploration=EXPLORATION, seed=2)}  # fmt: skip
+            truth = true_values(arm_policies, sc, users=args.truth_users, days=1, seed=999)
+            true_lift = truth["B"]["return_per_user_day"] - truth["A"]["return_per_user_day"]
+            result["truth"] = truth | {"lift": true_lift, "seconds": round(time.perf_counter() - t0, 1)}
             result["coverage"] = coverage_part(tmp, (a, b), true_lift, args, opts)
         if "aa" in parts:
             result["aa"] = aa_part(tmp, a, args, opts)
@@ -218,13 +276,23 @@ def main() -> None:
             t0 = time.perf_counter()
             result["srm"] = srm_runs(args.reps, args.srm_users, 0.03) | {"seconds": round(time.perf_counter() - t0, 1)}
         if "cuped" in parts:
-            result["cuped"] = cuped_part(tmp, (a, b), args, opts)
+            # two pacing gaps: arms that differ, so a θ that took up the treatment effect would show in the ratio
+            PacingPolicy(sc, 4).save(tmp / "pacing-4")
+            t0 = time.perf_counter()
+            cuped_policies = {"A": load_policy(b, exploration=EXPLORATION, seed=1),
+                              "B": load_policy(tmp / "pacing-4", exploration=EXPLORATION, seed=2)}  # fmt: skip
+            cuped_truth = true_values(cuped_policies, sc, users=args.truth_users, days=1, seed=999)
+            cuped_lift = cuped_truth["B"]["return_per_user_day"] - cuped_truth["A"]["return_per_user_day"]
+            result["cuped_truth"] = cuped_truth | {"lift": cuped_lift, "seconds": round(time.perf_counter() - t0, 1)}
+            result["cuped"] = cuped_part(tmp, (b, tmp / "pacing-4"), cuped_lift, args, opts)
+            result["cuped"]["r2_ceiling"] = r2_ceiling(cuped_policies, args)
     goals = {
         "coverage": lambda r: {"coverage_ge_93pct": r["coverage_95"] >= 0.93},
         "aa": lambda r: {"aa_msprt_fpr_le_5pct": r["fpr_daily_peeking_msprt"] <= 0.05},
         "srm": lambda r: {"srm_broken_flagged_ge_95pct": r["flagged_broken"] >= 0.95,
                           "srm_correct_flagged_le_1pct": r["flagged_correct"] <= 0.01},
-        "cuped": lambda r: {"cuped_return_width_ratio_le_0.8": r["width_ratio_median"]["return_per_user_day"] <= 0.8},
+        "cuped": lambda r: {"cuped_return_width_ratio_le_0.8": r["width_ratio_median"]["return_per_user_day"] <= 0.8,
+                            "cuped_coverage_ge_93pct": r["coverage_95"]["cuped"] >= 0.93},
     }  # fmt: skip
     result["goals"] = {k: v for part, check in goals.items() if part in result for k, v in check(result[part]).items()}
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from adrl.agents.baselines import GreedyPolicy, PacingPolicy
 from adrl.cli import app
 from adrl.drive import RequestBuilder, ServiceEndpoint, check_loopback, drive, population
 from adrl.errors import ConfigError, DataError, FeatureMismatch
-from adrl.experiment import ReadoutOptions, msprt, ratio, readout, report, srm
+from adrl.experiment import USER_COLUMNS, ReadoutOptions, cuped_fit, msprt, ratio, readout, report, srm
 from adrl.features import FeatureLayout
 from adrl.logs import read_logs
 from adrl.policy import load_policy
@@ -263,3 +264,76 @@ def test_a_swap_on_a_single_policy_server_is_a_conflict_not_a_bad_body(arms):
     with TestClient(create_app(service, api_key=key)) as client:
         r = client.post("/v1/admin/experiment", json={"split": [100]}, headers={"X-API-Key": key})
     assert r.status_code == 409 and "--policy A --policy B" in r.json()["detail"]
+
+
+# ---- CUPED ------------------------------------------------------------------------------------------------------
+def test_cuped_shrinks_the_se_by_sqrt_one_minus_r2_and_stays_unbiased():
+    """y = x·β + noise per user, a known effect in arm B: the adjusted difference is centred on the effect, its se
+    is the plain one times sqrt(1 − R²) and matches the spread over repeats."""
+    rng = np.random.default_rng(3)
+    beta, effect, n = np.array([1.0, -0.5, 0.25]), 0.3, 400
+    r2_true = float(beta @ beta) / (float(beta @ beta) + 1.0)  # x ~ N(0, I), noise ~ N(0, 1)
+    diffs, ses, plain, r2s = [], [], [], []
+    for _ in range(300):
+        x = {a: rng.standard_normal((n, 3)) for a in "AB"}
+        y = {a: x[a] @ beta + rng.standard_normal(n) + (effect if a == "B" else 0.0) for a in "AB"}
+        fit = cuped_fit(y, x)
+        (ma, sa), (mb, sb) = fit.arms["A"], fit.arms["B"]
+        diffs.append(mb - ma)
+        ses.append(np.hypot(sa, sb))
+        plain.append(np.hypot(y["A"].std(ddof=1), y["B"].std(ddof=1)) / np.sqrt(n))
+        r2s.append(fit.r2)
+    diffs_a = np.array(diffs)
+    assert abs(diffs_a.mean() - effect) < 3 * diffs_a.std() / np.sqrt(len(diffs))  # unbiased
+    assert np.mean(ses) == pytest.approx(diffs_a.std(ddof=1), rel=0.1)  # the se is the spread it claims
+    assert np.mean(r2s) == pytest.approx(r2_true, abs=0.02)
+    assert np.median(np.array(ses) / np.array(plain)) == pytest.approx(np.sqrt(1 - r2_true), rel=0.03)
+
+
+def test_a_within_arm_theta_ignores_a_constant_treatment_effect():
+    rng = np.random.default_rng(4)
+    x = {a: rng.standard_normal((300, 2)) for a in "AB"}
+    y = {a: x[a] @ np.array([0.8, 0.4]) + rng.standard_normal(300) for a in "AB"}
+    base = cuped_fit(y, x)
+    shifted = cuped_fit({"A": y["A"], "B": y["B"] + 5.0}, x)
+    np.testing.assert_allclose(shifted.theta, base.theta, rtol=1e-12, atol=1e-12)
+    assert shifted.r2 == pytest.approx(base.r2, rel=1e-12)
+    assert shifted.arms["A"] == pytest.approx(base.arms["A"], rel=1e-12)
+    assert shifted.arms["B"][0] == pytest.approx(base.arms["B"][0] + 5.0, rel=1e-12)
+    assert shifted.arms["B"][1] == pytest.approx(base.arms["B"][1], rel=1e-9)
+    # a θ pooled over arms would take the effect up: the arms' gap in x̄ then tilts it
+    xs, ys = np.concatenate([x["A"], x["B"] + 1.0]), np.concatenate([y["A"], y["B"] + 5.0])
+    pooled, *_ = np.linalg.lstsq(xs - xs.mean(axis=0), ys - ys.mean(), rcond=None)
+    assert np.abs(pooled - base.theta).max() > 0.5
+
+
+def test_readout_cuped_uses_pre_period_metrics_and_first_decision_fields():
+    rng = np.random.default_rng(5)
+    n_users, days = 200, 4
+    seg = rng.integers(0, 3, n_users)
+    signal = rng.standard_normal(n_users)
+    skill = 0.5 * seg + signal  # what each user brings, in both periods
+
+    def log(n_days: int, arm: bool, first_day: int) -> pd.DataFrame:
+        u = np.repeat(np.arange(n_users), n_days)
+        rows = {
+            "user_id": u, "episode_id": u * 1000 + first_day + np.tile(np.arange(n_days), n_users),
+            "reward": skill[u] + rng.standard_normal(u.size), "shown": True, "click": rng.random(u.size) < 0.2,
+            "conversion": rng.random(u.size) < 0.05, "leave": False,
+            "x_segment": seg[u].astype(np.float32), "x_signal_a": signal[u].astype(np.float32),
+        }  # fmt: skip
+        if arm:
+            rows["arm"] = np.where(u % 2 == 0, "A", "B")
+        return pd.DataFrame(rows)
+
+    df, pre = log(days, True, 100), log(days, False, 0)
+    pre = pre[pre["user_id"] >= 20]  # 20 users new to the experiment: mean fill and pre_absent
+    out = readout(df, arms=["A", "B"], pre=pre[list(USER_COLUMNS)])
+    cuped = out["lift"]["B"]["cuped"]
+    assert cuped["columns"] == ["pre_reward", "pre_clicks", "pre_conversions", "pre_absent", "signal_a",
+                                "segment_1", "segment_2"]  # fmt: skip
+    assert cuped["n_covariates"] == 7  # impressions and leaves are constant here: left out
+    main = cuped["return_per_user_day"]
+    assert main["r2"] > 0.5 and main["width_ratio"] < 0.75
+    with pytest.raises(DataError, match=r"pre-period log .* no decisions with a user id"):
+        readout(df, arms=["A", "B"], pre=pre.assign(user_id=-1)[list(USER_COLUMNS)])
