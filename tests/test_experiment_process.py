@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -196,13 +197,18 @@ def test_two_workers_share_the_port_forward_feedback_and_merge_their_logs(polici
     try:
         ids: list[str] = []
         tokens: set[str] = set()
-        for i in range(60):  # a new connection each time, so the kernel spreads them over both workers
+        # a new connection each time, so the kernel spreads them over both workers; on a loaded machine the second
+        # worker may still be starting, so keep asking (slowly) for up to a minute
+        deadline = time.monotonic() + 60
+        for i in itertools.count():
             with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
                 d = c.post("/v1/decisions", json={"user": {"id": f"w{i}", "segment": "office"}, "context": {"hour": 9}})
                 ids.append(d.json()["event_id"])
                 tokens.add(ids[-1].rpartition("-")[0])
-            if len(tokens) == 2 and i >= 20:
+            if (len(tokens) == 2 and i >= 20) or time.monotonic() > deadline:
                 break
+            if i >= 20:
+                time.sleep(0.1)
         assert len(tokens) == 2, "every connection went to one worker"
         for eid in ids:  # feedback on fresh connections too: often the other worker, which forwards it
             with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
