@@ -292,6 +292,7 @@ def train_rllib(
     ``address``: a Ray cluster (None: a local Ray with ``num_cpus``, all cores if None). The exported
     ``out/policy`` is a ``ppo-native`` artifact."""
     check_options(agent_name, num_env_runners, address, vectorize)
+    ray = require_ray()
     preset = load_preset(PRESET, preset_file)
     params = {**preset.params, **(overrides or {})}
     ppo = agent_params(PPOConfig, params, f"{agent_name} (rllib)")
@@ -309,7 +310,6 @@ def train_rllib(
     spec = resolve_env(env_id, scenario_path, behavior)
     if hasattr(spec.response, "last_disagreement"):
         raise ConfigError("--engine rllib does not train on a behavior ensemble (its pessimistic env); fit one model")
-    ray = require_ray()
     config = {
         "agent": agent_name,
         "engine": "rllib",
