@@ -29,7 +29,7 @@ SMALL = ["--steps", "3000", "--n-envs", "64", "--seed", "3", "--checkpoint-every
     ("args", "message"),
     [
         (["--engine", "rllib", "--agent", "dqn"], "--engine rllib trains ppo, not 'dqn'"),
-        (["--engine", "rllib", "--agent", "ppo", "--num-env-runners", "0"], "--num-env-runners must be an integer >= 1"),
+        (["--engine", "rllib", "--agent", "ppo", "--num-env-runners", "0"], ">= 1"),
         (["--engine", "rllib", "--agent", "ppo", "--num-env-runners", "-2"], "--num-env-runners must be an integer"),
         (["--engine", "rllib", "--agent", "ppo", "--address", "http://head"], "is not a Ray cluster address"),
         (["--engine", "rllib", "--agent", "ppo", "--address", "ray://head:99999"], "is not a Ray cluster address"),

@@ -18,7 +18,7 @@ def require_ray() -> Any:
     """The ``ray`` module, or a ``ConfigError`` that says how to install it."""
     try:
         import ray
-        import ray.rllib  # noqa: F401  (the extra brings rllib; a bare ray is not enough)
+        import ray.rllib
     except ImportError as e:
         raise ConfigError(f"--engine rllib needs Ray RLlib: {INSTALL_HINT} (on the driver and every worker)") from e
     return ray

@@ -64,7 +64,7 @@ class TorchFeatures(torch.nn.Module):
         return out
 
 
-class AdrlPPOModule(TorchRLModule, ValueFunctionAPI):  # type: ignore[misc]
+class AdrlPPOModule(TorchRLModule, ValueFunctionAPI):
     """PPO's policy and value networks of adrl (see the module docstring).
 
     ``model_config``: ``scenario`` (the market, as a JSON mapping), ``hidden``, ``norm_mean`` and ``norm_var``

@@ -56,7 +56,9 @@ AGENTS = ("ppo",)
 VECTORIZE = ("vector_entry_point", "sync")
 MAX_RUNNERS = 4096
 NORM_USERS = 2048  # users' days that fix the input statistics
-_ADDRESS = re.compile(r"(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})")
+_ADDRESS = re.compile(
+    r"(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})"
+)
 
 
 def check_address(address: str | None) -> None:
@@ -102,7 +104,7 @@ def make_env(ctx: Any) -> Any:
     return _NoInfo(gym.make(cfg["env_id"], **kwargs))
 
 
-class _NoInfo(gym.Wrapper):  # type: ignore[type-arg]
+class _NoInfo(gym.Wrapper):  # type: ignore[type-arg, unused-ignore]
     """RLlib reads no info: dropping it saves converting adrl's info arrays to per-env dicts every step."""
 
     def reset(self, **kwargs: Any) -> Any:
@@ -265,6 +267,10 @@ def _result_value(result: dict[str, Any], *keys: str) -> float:
         return math.nan
 
 
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
 def train_rllib(
     *,
     agent_name: str,
@@ -366,9 +372,11 @@ def train_rllib(
                 result = algo.train()
                 lifetime = _result_value(result, "env_runners", "num_env_steps_sampled_lifetime")
                 episodes = _result_value(result, "env_runners", "num_episodes_lifetime")
-                if base_steps is None:  # counts since this process's algorithm started (restored or not)
-                    base_steps = 0.0 if latest is None else _restored_base(lifetime, result)
-                    base_episodes = 0.0
+                if base_steps is None:  # the lifetime counts this process's algorithm started at (restored or not)
+                    base_steps = _finite(lifetime - _result_value(result, "env_runners", "num_env_steps_sampled"))
+                    base_episodes = _finite(episodes - _result_value(result, "env_runners", "num_episodes"))
+                if not math.isfinite(lifetime):
+                    raise RuntimeError(f"RLlib reported no env-step count (ray {ray.__version__}); adrl pins 2.60.0")
                 steps_done[0] = start + int(lifetime - base_steps)
                 rate, wall = throughput.update(steps_done[0])
                 learner = result.get("learners", {}).get("default_policy", {})
@@ -400,9 +408,3 @@ def train_rllib(
         if started_ray:
             ray.shutdown()
     return summary
-
-
-def _restored_base(lifetime: float, result: dict[str, Any]) -> float:
-    """The lifetime step count a restored algorithm started this process at (its first iteration's steps off)."""
-    sampled = _result_value(result, "env_runners", "num_env_steps_sampled")
-    return lifetime - sampled if math.isfinite(sampled) else 0.0
