@@ -126,3 +126,16 @@ def test_resume_continues_the_run_and_its_curve(trained: Path, tmp_path: Path) -
     after = metric_steps(trained)
     assert summary["steps_done"] >= 4500 and after[: len(before)] == before and after == sorted(set(after))
     assert adrl.load_policy(trained / "policy").manifest["steps_done"] == summary["steps_done"]
+
+
+def test_the_same_seed_trains_the_same_weights(local_ray: Any, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from adrl.rllib.train import train_rllib
+
+    for name in ("a", "b"):
+        train_rllib(agent_name="ppo", env_id="adrl/AdPlacement-v0", out=tmp_path / name, steps=600, n_envs=32, seed=5,
+                    overrides={"hidden": 8, "update_epochs": 1}, progress=False)  # fmt: skip
+    a, b = (load_file(str(tmp_path / name / "policy" / "weights.safetensors")) for name in ("a", "b"))
+    assert sorted(a) == sorted(b) and any(k.startswith("policy.") for k in a)
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the same seed gave other weights"

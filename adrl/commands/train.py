@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
         engine: Annotated[
             str,
-            typer.Option(help="local (adrl's own loop) or rllib (RLlib PPO on Ray: pip install 'adrl[ray]')"),
+            typer.Option(help="local (adrl's own loop) or rllib (RLlib PPO on Ray: pip install 'adrl\\[ray]')"),
         ] = "local",
         num_env_runners: Annotated[
             int | None, typer.Option(help="with --engine rllib: env runners (Ray actors, one CPU each); default 1")

@@ -43,6 +43,7 @@ from adrl.agents.base import NeuralFeatures
 from adrl.agents.factory import load_preset
 from adrl.agents.ppo import PPOAgent, PPOConfig, RunningNorm
 from adrl.agents.registry import agent_params
+from adrl.behavior.training import torch_threads
 from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID
 from adrl.errors import ConfigError
 from adrl.features import FeatureLayout
@@ -183,7 +184,7 @@ def algorithm_config(
     env_config = {
         "env_id": spec.env_id,
         "scenario": scenario_json,
-        "behavior": str(spec.behavior_path) if spec.behavior_path else None,
+        "behavior": str(spec.behavior_path.resolve()) if spec.behavior_path else None,  # the workers' cwd differs
     }
     return (
         RllibPPOConfig()
@@ -367,7 +368,7 @@ def train_rllib(
         last_ckpt = start
         base_steps: float | None = None
         base_episodes: float | None = None
-        with stop.installed():
+        with stop.installed(), torch_threads(ppo.threads):  # the learner runs here, beside the env runners
             while steps_done[0] < total and not stop.requested:
                 result = algo.train()
                 lifetime = _result_value(result, "env_runners", "num_env_steps_sampled_lifetime")
