@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -190,7 +189,6 @@ def test_adrl_ope_stream_agrees_with_the_in_memory_path(logs: Path, tmp_path: Pa
 
 def test_the_ray_engine_gives_the_local_estimates_on_a_sharded_log(logs: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'adrl[ray]'")
-    from adrl.commands.ope import load_targets
     from adrl.ope.ray_engine import evaluate_log_ray
 
     table = pq.read_table(logs)
@@ -205,7 +203,13 @@ def test_the_ray_engine_gives_the_local_estimates_on_a_sharded_log(logs: Path, t
     names = ["pdis", "wis", "wdr"]
     local = stream.evaluate_log(shards, LAYOUT, _targets_of(policies), names, sim=None, seed=5, n_boot=50,
                                 sample_episodes=600)  # fmt: skip
-    make = functools.partial(load_targets, (str(tmp_path / "pacing"), str(tmp_path / "greedy")), LAYOUT)
+    paths, layout = (str(tmp_path / "pacing"), str(tmp_path / "greedy")), LAYOUT
+
+    def make() -> dict[str, Any]:  # what `adrl ope` passes (commands.ope.load_targets), built here: tests stay
+        from adrl.agents.registry import load_policy_artifact  # below adrl.commands; pickled by value for Ray
+
+        return {p: load_policy_artifact(Path(p), expect_layout=layout).action_probabilities for p in paths}
+
     remote = evaluate_log_ray(shards, LAYOUT, make, names, sim=None, seed=5, n_boot=50, sample_episodes=600,
                               num_cpus=2)  # fmt: skip
     assert remote.n_rows == local.n_rows and remote.n_sample_episodes == local.n_sample_episodes
