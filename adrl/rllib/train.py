@@ -22,9 +22,11 @@ Inside each env runner the env is adrl's batched :class:`~adrl.envs.vector.AdPla
 that lives in this module, so every worker imports adrl (the workers need ``adrl[ray]`` installed).
 
 Determinism: ``seed`` goes to ``config.debugging(seed=...)`` (RLlib seeds each env runner's env and torch from
-it and the runner's index) and to the initial statistics; with a local Ray, the same seed and the same number of
-env runners give the same weights. Different ``--num-env-runners`` draw different users; on a cluster, runner
-placement does not change the streams but float summation order on other hardware may.
+it and the runner's index, and the learner's torch) and to the input statistics; on a local Ray the same seed and
+the same number of env runners give the same weights (tests/test_rllib.py checks it with one runner). Another
+``--num-env-runners`` (or ``--n-envs``) draws other users; on a cluster, float summation on other hardware and
+thread counts may differ, and a resumed run is not the uninterrupted one (a rebuilt env runner resets its envs
+with the seed again, so the users after ``--resume`` repeat the stream from its start).
 """
 
 from __future__ import annotations
