@@ -5,6 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 
 .PHONY: demo test lint typecheck pytest bench venv clean wheel-check
 
@@ -14,6 +15,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+# The tests also run RLlib and Ray Data (the extra adrl[ray]); TORCH_SPEC is passed again so pip keeps that torch,
+# and the install fails if it changed torch anyway. `make wheel-check` installs the wheel without the extra.
+$(RAY_STAMP): $(STAMP)
+	@$(BIN)/python -c "import torch; print(torch.__version__)" > $(VENV)/.torch-before
+	$(BIN)/python -m pip install -q -e ".[dev,ray]" "$(TORCH_SPEC)"
+	@$(BIN)/python -c "import torch; print(torch.__version__)" | cmp -s - $(VENV)/.torch-before \
+		|| { echo "installing .[ray] changed torch ($$(cat $(VENV)/.torch-before) -> $$($(BIN)/python -c 'import torch; print(torch.__version__)'))"; exit 1; }
+	@touch $(RAY_STAMP)
 
 venv: $(STAMP)
 
@@ -25,10 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: $(RAY_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(RAY_STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

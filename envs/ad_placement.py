@@ -184,7 +184,7 @@ class AdPlacementEnv(gym.Env[np.ndarray, np.ndarray]):
         return self.layout.encode(batch)[0], reward, terminated, truncated, info
 
     # ---- rendering -----------------------------------------------------------------------------------------
-    def render(self) -> str | None:
+    def render(self) -> str | None:  # type: ignore[override, unused-ignore]
         """The day so far as text (``render_mode="ansi"``): one line per decision, then the return."""
         if self.render_mode != "ansi":
             return None

@@ -46,11 +46,11 @@ class PessimisticVectorEnv(VectorWrapper):
         self._next_step = getattr(mode, "value", mode) == AutoresetMode.NEXT_STEP.value
         self._pending = np.zeros(self.num_envs, dtype=bool)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:  # type: ignore[override, unused-ignore]
         self._pending[:] = False
         return self.env.reset(seed=seed, options=options)
 
-    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:  # type: ignore[override, unused-ignore]
         self._response.last_disagreement = np.zeros(0)
         obs, reward, terminated, truncated, info = self.env.step(actions)
         d = np.asarray(self._response.last_disagreement, dtype=np.float64)

@@ -66,7 +66,7 @@ class FlatActionVectorWrapper(VectorActionWrapper):
         self.single_action_space = spaces.Discrete(self.n_actions)
         self.action_space = spaces.MultiDiscrete(np.full(env.num_envs, self.n_actions))
 
-    def actions(self, actions: np.ndarray) -> np.ndarray:
+    def actions(self, actions: np.ndarray) -> np.ndarray:  # type: ignore[override, unused-ignore]
         return _unflatten_checked(actions, self.n_actions, self.nvec)
 
 

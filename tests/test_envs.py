@@ -283,7 +283,7 @@ def test_render_ansi_prints_the_days_timeline() -> None:
         _, _, terminated, truncated, _ = env.step(np.array([1, 0, 8]))
         done = terminated or truncated
         steps += 1
-    text = env.render()
+    text: object = env.render()
     assert isinstance(text, str)
     assert "segment=" in text and "travel_0" in text and "return" in text
     assert len(text.strip().splitlines()) >= steps + 2

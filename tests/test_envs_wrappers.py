@@ -40,7 +40,7 @@ def test_flat_actions_index_the_factored_action_like_the_agents_do() -> None:
 def test_the_flat_vector_view_steps_the_native_batch() -> None:
     envs = FlatActionVectorWrapper(AdPlacementVectorEnv(8))
     envs.reset(seed=0)
-    obs, reward, *_ = envs.step(np.arange(8) * 17)
+    obs, reward, *_ = envs.step(np.arange(8) * 17)  # type: ignore[var-annotated, unused-ignore]
     assert obs.shape[0] == 8 and reward.shape == (8,)
     assert envs.single_action_space == gym.spaces.Discrete(144)
 

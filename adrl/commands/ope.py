@@ -378,7 +378,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, help="streamed: episodes the row-level estimators (wdr, fqe, magic, ...) see")
         ] = 20_000,
         engine: Annotated[
-            str, typer.Option(help="local, or ray: scan each parquet shard on a Ray cluster (pip install 'adrl[ray]')")
+            str, typer.Option(help="local, or ray: scan each parquet file on a Ray cluster (pip install 'adrl\\[ray]')")
         ] = "local",
         address: Annotated[
             str | None, typer.Option(help="with --engine ray: the cluster's address, e.g. ray://head:10001")
