@@ -305,6 +305,23 @@ def make_vector_env(spec: EnvSpec, num_envs: int) -> Any:
     return env
 
 
+def resolve_budget(
+    preset: Any, steps: int | None, n_envs: int | None, checkpoint_every: int | None
+) -> tuple[int, int, int]:
+    """(steps, n_envs, checkpoint_every): each given value, else the preset's; refused unless within bounds."""
+    total = steps if steps is not None else preset.steps
+    n = n_envs if n_envs is not None else preset.n_envs
+    every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
+    if total < 1 or n < 1 or every < 1:
+        raise ConfigError(f"steps, n_envs and checkpoint_every must be >= 1, got {total}, {n}, {every}")
+    if total > MAX_STEPS or n > MAX_ENVS:
+        raise ConfigError(
+            f"--steps must be at most {MAX_STEPS:,} and --n-envs at most {MAX_ENVS:,} (users held in memory at "
+            f"once), got {total:,} and {n:,}"
+        )
+    return total, n, every
+
+
 def train_run(
     *,
     agent_name: str,
@@ -331,16 +348,7 @@ def train_run(
     """
     preset = load_preset(agent_name, preset_file)
     params = {**preset.params, **(overrides or {})}
-    total = steps if steps is not None else preset.steps
-    n = n_envs if n_envs is not None else preset.n_envs
-    every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
-    if total < 1 or n < 1 or every < 1:
-        raise ConfigError(f"steps, n_envs and checkpoint_every must be >= 1, got {total}, {n}, {every}")
-    if total > MAX_STEPS or n > MAX_ENVS:
-        raise ConfigError(
-            f"--steps must be at most {MAX_STEPS:,} and --n-envs at most {MAX_ENVS:,} (users held in memory at "
-            f"once), got {total:,} and {n:,}"
-        )
+    total, n, every = resolve_budget(preset, steps, n_envs, checkpoint_every)
     spec = resolve_env(env_id, scenario_path, behavior)
     config = {
         "agent": agent_name,

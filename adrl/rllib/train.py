@@ -51,7 +51,7 @@ from adrl.errors import ConfigError
 from adrl.features import FeatureLayout
 from adrl.rllib import require_ray
 from adrl.scenario import scenario_from_dict
-from adrl.training import MAX_ENVS, MAX_STEPS, EnvSpec, RunDir, StopRequested, Throughput, resolve_env
+from adrl.training import EnvSpec, RunDir, StopRequested, Throughput, resolve_budget, resolve_env
 
 ENV_NAME = "adrl-rllib-env"
 PRESET = "ppo_native"  # adrl's own PPO: the same hyper-parameters and network
@@ -305,13 +305,7 @@ def train_rllib(
     preset = load_preset(PRESET, preset_file)
     params = {**preset.params, **(overrides or {})}
     ppo = agent_params(PPOConfig, params, f"{agent_name} (rllib)")
-    total = steps if steps is not None else preset.steps
-    n = n_envs if n_envs is not None else preset.n_envs
-    every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
-    if total < 1 or n < 1 or every < 1:
-        raise ConfigError(f"steps, n_envs and checkpoint_every must be >= 1, got {total}, {n}, {every}")
-    if total > MAX_STEPS or n > MAX_ENVS:
-        raise ConfigError(f"--steps must be at most {MAX_STEPS:,} and --n-envs at most {MAX_ENVS:,}")
+    total, n, every = resolve_budget(preset, steps, n_envs, checkpoint_every)
     if n < num_env_runners:
         raise ConfigError(f"--n-envs ({n}) must be at least --num-env-runners ({num_env_runners}): users per runner")
     if env_id not in (GROUND_TRUTH_ID, LEARNED_ID):
@@ -334,11 +328,15 @@ def train_rllib(
         "params": params,
     }
     run = RunDir.create(out, config, resume=resume, force=force)
-    if resume and run.load_config().get("engine") != "rllib":
-        raise ConfigError(f"--resume: {out} was not trained with --engine rllib")
     latest = run.latest_checkpoint() if resume else None
-    if resume and (latest is None or not (latest[0] / "rllib").is_dir()):
-        raise ConfigError(f"--resume: {out} has no RLlib checkpoint to continue from; train into a new --out")
+    refused = None
+    if resume and run.load_config().get("engine") != "rllib":
+        refused = f"--resume: {out} was not trained with --engine rllib"
+    elif resume and (latest is None or not (latest[0] / "rllib").is_dir()):
+        refused = f"--resume: {out} has no RLlib checkpoint to continue from; train into a new --out"
+    if refused is not None:  # close the run's metrics file before refusing, as train_run does
+        run.close()
+        raise ConfigError(refused)
     if latest is not None:
         norm = PPOAgent.load(latest[0]).norm  # the run's fixed statistics, as its checkpoint holds them
         start = latest[1]
