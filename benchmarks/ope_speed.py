@@ -10,7 +10,10 @@
   (``--return-policy``, default pacing) on N logged user-days, given fitted behavior members (``--behavior``, fitted
   beforehand on ``--fit-users`` user-days of the same logger, timed separately), in a child process: its wall time
   and peak resident memory, beside the time ``simulate`` takes to write that log in the same run. The issue's size
-  is 1,000,000 user-days (goals: faster than simulate, under 2 GB).
+  is 1,000,000 user-days (goals: faster than simulate, under 2 GB). With ``--ray-shards K`` (needs ``adrl[ray]``)
+  the same log is also split by episode id into K parquet files and evaluated with ``adrl ope --engine ray`` on a
+  local Ray (every CPU of the machine, one shard per task): its wall time beside the local one's, and the largest
+  difference between the two engines' estimates.
 
 Best of ``--repeat`` runs. Usage: python benchmarks/ope_speed.py [--repeat 5] [--return-users 1000000 --only-return]
 """
@@ -39,8 +42,34 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
+def shard_by_episode(src: Any, shards: Any, k: int) -> None:
+    """Split a log into ``k`` parquet files by ``episode_id % k``, row group by row group (rows keep their order)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    shards.mkdir()
+    f = pq.ParquetFile(src)
+    writers = [pq.ParquetWriter(shards / f"part-{j:03d}.parquet", f.schema_arrow) for j in range(k)]
+    try:
+        for g in range(f.num_row_groups):
+            table = f.read_row_group(g)
+            part = pc.remainder(table["episode_id"], k)
+            for j, w in enumerate(writers):
+                w.write_table(table.filter(pc.equal(part, j)))
+    finally:
+        for w in writers:
+            w.close()
+
+
 def return_estimators(
-    n_users: int, policy_name: str, members: int, epochs: int, fit_users: int, sample_episodes: int, max_starts: int
+    n_users: int,
+    policy_name: str,
+    members: int,
+    epochs: int,
+    fit_users: int,
+    sample_episodes: int,
+    max_starts: int,
+    ray_shards: int = 0,
 ) -> dict[str, Any]:
     """``adrl ope`` (streamed, every default return estimator) of one policy on ``n_users`` logged user-days, in a
     child process so that its wall time and peak resident memory are its own, beside ``simulate``'s time to write
@@ -82,6 +111,20 @@ def return_estimators(
         out["ope_s"] = round(time.perf_counter() - t, 2)
         out["ope_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)
         result = json.loads((Path(tmp) / "ope.json").read_text())
+        if ray_shards > 0:
+            shards = Path(tmp) / "shards"
+            t = time.perf_counter()
+            shard_by_episode(logs, shards, ray_shards)
+            out["ray_shard_s"] = round(time.perf_counter() - t, 2)
+            ray_cmd = [c if c != str(logs) else str(shards) for c in cmd]
+            ray_cmd[ray_cmd.index(str(Path(tmp) / "ope.json"))] = str(Path(tmp) / "ope_ray.json")
+            t = time.perf_counter()
+            subprocess.run([*ray_cmd, "--engine", "ray"], check=True, stdout=subprocess.DEVNULL)
+            out["ray_ope_s"] = round(time.perf_counter() - t, 2)
+            out["ray_shards"] = ray_shards
+            remote = json.loads((Path(tmp) / "ope_ray.json").read_text())["estimates"]
+            out["ray_max_abs_diff"] = max(abs(remote[k]["value"] - v["value"]) for k, v in result["estimates"].items())
+            out["ray_over_local"] = round(out["ray_ope_s"] / out["ope_s"], 3)
     out["estimates"] = {k: round(v["value"], 5) for k, v in result["estimates"].items()}
     out["streamed"] = result.get("streamed")
     out["ope_over_simulate"] = round(out["ope_s"] / out["simulate_s"], 3)
@@ -105,6 +148,7 @@ def main() -> None:
     ap.add_argument("--sample-episodes", type=int, default=20_000, help="episodes the row-level estimators see")
     ap.add_argument("--max-starts", type=int, default=100_000, help="starts the model-based estimate rolls out from")
     ap.add_argument("--only-return", action="store_true", help="skip the per-decision timings")
+    ap.add_argument("--ray-shards", type=int, default=0, help="also time adrl ope --engine ray on K shards (0: skip)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n, a = args.n, args.n_actions
@@ -134,7 +178,7 @@ def main() -> None:
     if args.only_return and args.return_users:
         print(json.dumps({"cpu_count": os.cpu_count(), "return_estimators": return_estimators(
             args.return_users, args.return_policy, args.members, args.fit_epochs, args.fit_users,
-            args.sample_episodes, args.max_starts)}, indent=2))  # fmt: skip
+            args.sample_episodes, args.max_starts, args.ray_shards)}, indent=2))  # fmt: skip
         return
     t_from = min(float(from_policy_output()[0]) for _ in range(args.repeat))  # type: ignore[index]
     boot_values = rng.random(100_000)
@@ -180,6 +224,7 @@ def main() -> None:
             args.fit_users,
             args.sample_episodes,
             args.max_starts,
+            args.ray_shards,
         )
     print(json.dumps(result, indent=2))
 

@@ -139,3 +139,78 @@ def test_the_same_seed_trains_the_same_weights(local_ray: Any, tmp_path: Path) -
     a, b = (load_file(str(tmp_path / name / "policy" / "weights.safetensors")) for name in ("a", "b"))
     assert sorted(a) == sorted(b) and any(k.startswith("policy.") for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in a), "the same seed gave other weights"
+
+
+def test_the_day_end_reaches_rllib_as_terminated_not_truncated() -> None:
+    """RLlib bootstraps a truncated step from V(final obs); the day's last hour has nothing after it."""
+    pytest.importorskip("ray.rllib", reason="RLlib runs need the optional extra: pip install 'adrl[ray]'")
+    from adrl.rllib.train import make_env
+
+    sc = Scenario()
+    wrapped = make_env({"env_id": "adrl/AdPlacement-v0", "scenario": sc.model_dump(mode="json"), "num_envs": 16})
+    plain = AdPlacementVectorEnv(16, sc)
+    wrapped.reset(seed=4)
+    plain.reset(seed=4)
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(3 * sc.horizon):
+        action = rng.integers(0, np.asarray(sc.action_nvec), size=(16, 3))
+        obs_w, r_w, term_w, trunc_w, _ = wrapped.step(action)
+        obs_p, r_p, term_p, trunc_p, _ = plain.step(action)
+        np.testing.assert_array_equal(obs_w, obs_p)
+        np.testing.assert_array_equal(r_w, r_p)
+        np.testing.assert_array_equal(term_w, term_p | trunc_p)
+        assert not trunc_w.any()
+        ended += int(trunc_p.sum())
+    assert ended > 0, "no day ran to its end: the check saw no truncation"
+
+
+def test_the_learner_uses_adrls_adam_and_normalises_advantages_per_minibatch() -> None:
+    pytest.importorskip("ray.rllib", reason="RLlib runs need the optional extra: pip install 'adrl[ray]'")
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from adrl.agents.ppo import PPOConfig
+    from adrl.rllib.module import AdrlPPOLearner
+    from adrl.rllib.train import algorithm_config, input_stats, make_env
+    from adrl.training import resolve_env
+
+    spec = resolve_env("adrl/AdPlacement-v0", None, None)
+    cfg = algorithm_config(spec, PPOConfig(hidden=8), total_steps=1000, n_envs=4, num_env_runners=1,
+                           norm=input_stats(spec, seed=0, n_users=32), seed=0)  # fmt: skip
+    env = make_env({"env_id": spec.env_id, "scenario": spec.scenario.model_dump(mode="json")})
+    learner = cfg.build_learner(env=env)
+    assert isinstance(learner, AdrlPPOLearner)
+    assert learner.get_optimizer().param_groups[0]["eps"] == 1e-5
+    module = learner.module["default_policy"]
+    n = 64
+    obs, _ = AdPlacementVectorEnv(n, spec.scenario).reset(seed=2)
+    rng = np.random.default_rng(1)
+    batch = {Columns.OBS: torch.from_numpy(obs)}
+    with torch.no_grad():
+        logits = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+    dist = module.get_train_action_dist_cls().from_logits(logits)
+    actions = dist.sample()
+    batch |= {
+        Columns.ACTIONS: actions,
+        Columns.ACTION_LOGP: dist.logp(actions).detach(),
+        Columns.ACTION_DIST_INPUTS: logits,
+        Postprocessing.VALUE_TARGETS: torch.zeros(n),
+        Columns.LOSS_MASK: torch.from_numpy(np.arange(n) < n - 8),
+    }
+    adv = torch.from_numpy(rng.normal(size=n).astype(np.float32))
+
+    def loss(advantages: torch.Tensor) -> float:
+        b = {**batch, Postprocessing.ADVANTAGES: advantages}
+        with torch.no_grad():
+            fwd = module.forward_train(b)
+            out = learner.compute_loss_for_module(module_id="default_policy", config=cfg, batch=b, fwd_out=fwd)
+        return float(out)
+
+    base = loss(adv)
+    # an affine map of the minibatch's advantages, and anything in its masked rows, leave the loss unchanged
+    assert loss(7.0 * adv - 3.0) == pytest.approx(base, abs=1e-5)
+    masked = adv.clone()
+    masked[n - 8 :] = 1e6
+    assert loss(masked) == pytest.approx(base, abs=1e-5)

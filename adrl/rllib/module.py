@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.typing import ModuleID
 
 from adrl.agents.base import NeuralFeatures
 from adrl.agents.ppo import RunningNorm
@@ -104,3 +107,28 @@ class AdrlPPOModule(TorchRLModule, ValueFunctionAPI):
         z = self._inputs(batch) if embeddings is None else embeddings
         out: torch.Tensor = self.value(z).squeeze(-1)
         return out
+
+
+class AdrlPPOLearner(PPOTorchLearner):
+    """RLlib's PPO learner with adrl's PPO's two optimisation details.
+
+    Adam with eps 1e-5 (torch's default is 1e-8), and advantages normalised per minibatch over its unmasked rows
+    (RLlib normalises once over the whole batch; normalising each minibatch again gives adrl's per-minibatch
+    normalisation, as the two differ by an affine map)."""
+
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        optimizer = torch.optim.Adam(params, eps=1e-5)
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    def compute_loss_for_module(
+        self, *, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> Any:
+        adv = batch[Postprocessing.ADVANTAGES]
+        mask = batch.get(Columns.LOSS_MASK)
+        valid = adv[mask] if mask is not None else adv
+        if valid.numel() > 1:
+            batch = dict(batch)
+            batch[Postprocessing.ADVANTAGES] = (adv - valid.mean()) / (valid.std() + 1e-8)
+        return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)

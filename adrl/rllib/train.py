@@ -10,11 +10,12 @@ Hyper-parameters are those of adrl's PPO (the ``ppo_native`` preset and its ``--
 ``rollout_steps``, ``update_epochs``, ``n_minibatches``, ``gamma``, ``gae_lambda``, ``clip_coef``, ``value_coef``,
 ``entropy_coef``, ``grad_clip``, ``anneal_lr``), mapped onto RLlib's: one update takes ``rollout_steps`` steps of
 each of the ``n_envs`` users (split over the env runners), ``update_epochs`` passes of ``n_minibatches``
-minibatches; the learning rate falls linearly to 5% of ``lr`` at 95% of the budget, as adrl's does. What differs
-from adrl's PPO: RLlib normalises advantages over the whole batch (adrl per minibatch), its Adam has eps 1e-8
-(adrl 1e-5), and the input statistics are fixed for the run (taken from ``NORM_USERS`` users' days under uniformly
-random actions before training), not updated from each rollout: the env runners and the learner then see the same
-inputs, and the export is exact.
+minibatches; the learning rate falls linearly to 5% of ``lr`` at 95% of the budget, as adrl's does. The learner
+(:class:`~adrl.rllib.module.AdrlPPOLearner`) has adrl's Adam (eps 1e-5) and normalises advantages per minibatch,
+and the env reports the day's end as terminated (adrl's PPO gives it value 0; RLlib would bootstrap a truncated
+step from a value its net never learns). What still differs from adrl's PPO: the input statistics are fixed for
+the run (taken from ``NORM_USERS`` users' days under uniformly random actions before training), not updated from
+each rollout: the env runners and the learner then see the same inputs, and the export is exact.
 
 Inside each env runner the env is adrl's batched :class:`~adrl.envs.vector.AdPlacementVectorEnv` (``vectorize=
 "vector_entry_point"``, the default) or RLlib's Gymnasium vectorisation of single envs (``"sync"``);
@@ -108,7 +109,11 @@ def make_env(ctx: Any) -> Any:
 
 
 class _NoInfo(gym.Wrapper):  # type: ignore[type-arg, unused-ignore]
-    """RLlib reads no info: dropping it saves converting adrl's info arrays to per-env dicts every step."""
+    """RLlib reads no info: dropping it saves converting adrl's info arrays to per-env dicts every step.
+
+    The day's end is reported as terminated, not truncated: the hour is in the observation, so nothing follows
+    the last hour (adrl's PPO gives it value 0). RLlib would bootstrap a truncated step from the value of the
+    final observation, which its value net is never trained on."""
 
     def reset(self, **kwargs: Any) -> Any:
         obs, _ = self.env.reset(**kwargs)
@@ -116,7 +121,7 @@ class _NoInfo(gym.Wrapper):  # type: ignore[type-arg, unused-ignore]
 
     def step(self, action: Any) -> Any:
         obs, r, term, trunc, _ = self.env.step(action)
-        return obs, r, term, trunc, {}
+        return obs, r, bool(term or trunc), False, {}
 
 
 class _NoInfoVector(gym.vector.VectorWrapper):
@@ -128,7 +133,7 @@ class _NoInfoVector(gym.vector.VectorWrapper):
 
     def step(self, actions: Any) -> Any:
         obs, r, term, trunc, _ = self.env.step(actions)
-        return obs, r, term, trunc, {}
+        return obs, r, term | trunc, np.zeros_like(trunc), {}
 
 
 def input_stats(spec: EnvSpec, seed: int, n_users: int = NORM_USERS) -> RunningNorm:
@@ -168,7 +173,7 @@ def algorithm_config(
     from ray.rllib.algorithms.ppo import PPOConfig as RllibPPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from adrl.rllib.module import AdrlPPOModule
+    from adrl.rllib.module import AdrlPPOLearner, AdrlPPOModule
 
     per_runner = math.ceil(n_envs / num_env_runners)
     batch = ppo.rollout_steps * per_runner * num_env_runners
@@ -214,6 +219,7 @@ def algorithm_config(
             grad_clip_by="global_norm",
             use_kl_loss=False,
             vf_clip_param=float("inf"),
+            learner_class=AdrlPPOLearner,
         )
         .rl_module(rl_module_spec=RLModuleSpec(module_class=AdrlPPOModule, model_config=model_config))
         .reporting(metrics_num_episodes_for_smoothing=max(100, n_envs))
