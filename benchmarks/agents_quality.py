@@ -8,10 +8,12 @@ non-overlapping 95% CIs and beats random by far; Q-learning trains within 2 minu
 Issue 16 adds, per seed: the rules tuned on the ground truth (``tuned_pacing``, ``frequency_cap``, adrl.agents.rules)
 and the oracle planner (benchmarks/oracle.py, on ``--oracle-users`` of the same users), with every policy's
 ``fraction_of_oracle``; and with ``--learned DIR`` (a quickstart output of that seed: ``DIR`` may hold ``{seed}``),
-each agent trained again on its learned simulator, plain (``DIR/behavior``) and pessimistic (``DIR/ensemble``,
-its recorded λ), with the ground-truth return, the return inside the simulator it was trained on
-(``sim_return``; optimism = sim / truth − 1) and ``sim_to_real`` = its ground-truth return over the one of the
-same agent trained on the ground truth.
+each agent trained again on its learned simulators: ``plain`` (the main model, ``DIR/behavior``), ``bagged`` (the
+mean of the main model and the bootstrap members, ``DIR/simulator``, what the main job trains on),
+``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement) and ``pessimistic`` (``DIR/ensemble``,
+its recorded λ, where the quickstart fitted one), each with the ground-truth return, the return inside the
+simulator it was trained on (``sim_return``; optimism = sim / truth − 1) and ``sim_to_real`` = its ground-truth
+return over the one of the same agent trained on the ground truth.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20_000)
     ap.add_argument("--oracle-users", type=int, default=1000, help="0: no oracle")
     ap.add_argument("--learned", default=None, help="quickstart dir of each seed, e.g. /tmp/qs{seed}")
+    ap.add_argument("--penalty", type=float, default=0.25, help="lambda of the bagged_pessimistic mode")
+    ap.add_argument("--modes", nargs="+", default=["plain", "bagged", "bagged_pessimistic", "pessimistic"])
     args = ap.parse_args()
     sc = Scenario()
     from adrl.agents.baselines import PacingPolicy
@@ -113,14 +117,21 @@ def main() -> None:
 
 
 def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """Each agent trained on the plain and on the pessimistic learned simulator of quickstart dir ``qs``."""
+    """Each agent trained on each learned simulator (``--modes``) of quickstart dir ``qs``."""
+    from adrl.behavior.ensemble import EnsembleResponse
     from adrl.envs.registration import LEARNED_ID
     from adrl.training import resolve_env
 
     sc = Scenario()
     out: dict[str, Any] = {}
-    for mode, sim in (("plain", qs / "behavior"), ("pessimistic", qs / "ensemble")):
-        if not sim.exists():
+    sims = {"plain": qs / "behavior", "bagged": qs / "simulator", "pessimistic": qs / "ensemble"}
+    if (qs / "simulator").exists():
+        bagged = EnsembleResponse.load(qs / "simulator", sc)
+        bagged.penalty = args.penalty
+        sims["bagged_pessimistic"] = bagged.save(tmp / f"bagged-pessimistic-{seed}")
+    for mode in args.modes:
+        sim = sims.get(mode)
+        if sim is None or not sim.exists():
             continue
         response = resolve_env(LEARNED_ID, sc, sim).response
         for agent in args.agents:
@@ -133,6 +144,7 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
                                        response=response)[0].overall  # fmt: skip
             on_truth = row["policies"][agent]["mean_return"]
             out[f"{agent}/{mode}"] = {
+                "penalty": float(getattr(response, "penalty", 0.0)),
                 "mean_return": round(truth.mean_return, 5),
                 "ci95": [round(truth.ci_low, 5), round(truth.ci_high, 5)],
                 "churn_rate": round(truth.churn_rate, 4),
