@@ -86,3 +86,23 @@ def test_force_never_deletes_a_directory_that_is_not_a_quickstart(tmp_path: Path
     result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(tmp_path), "--force"])
     assert result.exit_code == 2 and "not a quickstart directory" in result.output
     assert keep.read_text() == "data"
+
+
+def test_agents_and_rules_train_on_the_bagged_simulator(quickstart: tuple[Path, str]) -> None:
+    """The simulator is the mean of the main model and the OPE's bootstrap members; agents and the bar use it."""
+    import yaml
+
+    from adrl.behavior import BehaviorModel
+    from adrl.behavior.ensemble import EnsembleResponse
+
+    out, _ = quickstart
+    simulator = EnsembleResponse.load(out / "simulator")
+    members = sorted(p.name for p in (out / "ope_members").iterdir())
+    assert simulator.n_members == 1 + len(members) >= 2 and simulator.penalty == 0.0
+    for name in ("ppo_native", "reinforce"):
+        config = yaml.safe_load((out / "agents" / name / "config.yaml").read_text())
+        assert Path(config["behavior"]) == out / "simulator"
+    # the member the rules and greedy rank actions by is the main fit
+    main = BehaviorModel.load(out / "behavior", layout=simulator.layout)
+    for a, b in zip(main.net.state_dict().values(), simulator.model.net.state_dict().values(), strict=True):
+        assert (a == b).all()
