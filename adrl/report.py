@@ -215,7 +215,8 @@ def _policies(r: QuickstartResult) -> str:
     ax.set_xlabel("mean return per user-day (95% CI), ground-truth world")
     note = (
         f"<p>{evals[0].overall.n_users:,} user-days per policy, the same users for every policy. The learning agents "
-        "were trained only on the learned simulator: this is the sim-to-real test.</p>"
+        "were trained only on the learned simulator (the mean response of the behavior model and its bootstrap "
+        "members), where the pacing and frequency-cap rules were tuned too: this is the sim-to-real test.</p>"
     )
     return note + table + _png(fig)
 
