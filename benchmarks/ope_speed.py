@@ -12,8 +12,9 @@
   and peak resident memory, beside the time ``simulate`` takes to write that log in the same run. The issue's size
   is 1,000,000 user-days (goals: faster than simulate, under 2 GB). With ``--ray-shards K`` (needs ``adrl[ray]``)
   the same log is also split by episode id into K parquet files and evaluated with ``adrl ope --engine ray`` on a
-  local Ray (every CPU of the machine, one shard per task): its wall time beside the local one's, and the largest
-  difference between the two engines' estimates.
+  local Ray (every CPU of the machine, one shard per task): its wall time beside the local engine's on the same
+  shards, and the largest difference between the two engines' estimates there (and between the sharded and the
+  one-file log, where the model's starts are rolled out in another order).
 
 Best of ``--repeat`` runs. Usage: python benchmarks/ope_speed.py [--repeat 5] [--return-users 1000000 --only-return]
 """
@@ -61,6 +62,23 @@ def shard_by_episode(src: Any, shards: Any, k: int) -> None:
             w.close()
 
 
+_MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident GB) of ``cmd``, run under a fresh wrapper process so that the peak is its own
+    (``RUSAGE_CHILDREN`` of this process also holds children reaped before, e.g. by the fitting)."""
+    import subprocess
+    import sys
+
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t, int(done.stdout.split()[-1]) / 2**20
+
+
 def return_estimators(
     n_users: int,
     policy_name: str,
@@ -75,8 +93,6 @@ def return_estimators(
     child process so that its wall time and peak resident memory are its own, beside ``simulate``'s time to write
     that log in the same run. The behavior members are fitted beforehand on the first ``fit_users`` user-days of
     the same logger (timed separately)."""
-    import resource
-    import subprocess
     import sys
     import tempfile
     from pathlib import Path
@@ -106,25 +122,29 @@ def return_estimators(
                "--behavior", str(Path(tmp) / "members"), "--stream", "--sample-episodes", str(sample_episodes),
                "--max-starts", str(max_starts),
                "--n-boot", "200", "--out", str(Path(tmp) / "ope.json")]  # fmt: skip
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        out["ope_s"] = round(time.perf_counter() - t, 2)
-        out["ope_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)
+        seconds, peak = run_measured(cmd)
+        out["ope_s"], out["ope_peak_rss_gb"] = round(seconds, 2), round(peak, 3)
         result = json.loads((Path(tmp) / "ope.json").read_text())
         if ray_shards > 0:
             shards = Path(tmp) / "shards"
             t = time.perf_counter()
             shard_by_episode(logs, shards, ray_shards)
             out["ray_shard_s"] = round(time.perf_counter() - t, 2)
-            ray_cmd = [c if c != str(logs) else str(shards) for c in cmd]
-            ray_cmd[ray_cmd.index(str(Path(tmp) / "ope.json"))] = str(Path(tmp) / "ope_ray.json")
-            t = time.perf_counter()
-            subprocess.run([*ray_cmd, "--engine", "ray"], check=True, stdout=subprocess.DEVNULL)
-            out["ray_ope_s"] = round(time.perf_counter() - t, 2)
+            on_shards = [c if c != str(logs) else str(shards) for c in cmd]
+            on_shards[on_shards.index(str(Path(tmp) / "ope.json"))] = str(Path(tmp) / "ope_shards.json")
+            ray_cmd = [*on_shards, "--engine", "ray"]
+            ray_cmd[ray_cmd.index(str(Path(tmp) / "ope_shards.json"))] = str(Path(tmp) / "ope_ray.json")
+            out["local_on_shards_s"] = round(run_measured(on_shards)[0], 2)
+            out["ray_ope_s"] = round(run_measured(ray_cmd)[0], 2)
             out["ray_shards"] = ray_shards
+            local = json.loads((Path(tmp) / "ope_shards.json").read_text())["estimates"]
             remote = json.loads((Path(tmp) / "ope_ray.json").read_text())["estimates"]
-            out["ray_max_abs_diff"] = max(abs(remote[k]["value"] - v["value"]) for k, v in result["estimates"].items())
-            out["ray_over_local"] = round(out["ray_ope_s"] / out["ope_s"], 3)
+            # the same sharded log: the engines must agree; the one-file log orders the model's starts otherwise
+            out["ray_max_abs_diff"] = max(abs(remote[k]["value"] - v["value"]) for k, v in local.items())
+            out["shards_vs_one_file_max_abs_diff"] = max(
+                abs(local[k]["value"] - v["value"]) for k, v in result["estimates"].items()
+            )
+            out["ray_over_local"] = round(out["ray_ope_s"] / out["local_on_shards_s"], 3)
     out["estimates"] = {k: round(v["value"], 5) for k, v in result["estimates"].items()}
     out["streamed"] = result.get("streamed")
     out["ope_over_simulate"] = round(out["ope_s"] / out["simulate_s"], 3)
