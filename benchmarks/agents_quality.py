@@ -91,6 +91,9 @@ def main() -> None:
                     **({k: round(v, 1) for k, v in timing[name].items()} if name in timing else {}),
                 }
             if args.oracle_users > 0:
+                import sys
+
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, not with -m
                 from benchmarks.oracle import OraclePlanner, evaluate_oracle
 
                 oracle = evaluate_oracle(OraclePlanner(sc), n_users=args.oracle_users, seed=100 + seed)
