@@ -241,3 +241,32 @@ def test_calibrated_members_match_the_logged_rates(logged, fitted) -> None:
     )
     assert float(np.mean(r.p_click)) == pytest.approx(shown["click"].mean(), rel=1e-6)
     assert float(np.mean(r.p_leave)) == pytest.approx(shown["leave"].mean(), rel=1e-6)
+
+
+def test_calibration_is_the_same_however_the_log_is_split_into_files(logged, fitted, tmp_path) -> None:
+    """The thinned sample is keyed by (episode, step): sharding and reordering the log leave the offsets as they are."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from adrl.ope.members import calibrate_members, load_members
+
+    logs, sc = logged
+    members, _, _ = fitted
+    layout = FeatureLayout.from_scenario(sc)
+    table = pq.read_table(logs)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    eid = table["episode_id"].to_numpy()
+    for j in range(3):  # other files, and the episodes of each file in reverse order
+        part = table.filter(pa.array(eid % 3 == j))
+        order = np.lexsort((part["step"].to_numpy(), -part["episode_id"].to_numpy()))
+        pq.write_table(part.take(pa.array(order)), shards / f"part-{j}.parquet")
+    n_shown = int(pd.read_parquet(logs, columns=["shown"])["shown"].sum())
+    model = load_members([members], sc)[:1]
+    for max_rows in (n_shown // 5, 10 * n_shown):  # thinned, and every impression
+        (a,) = calibrate_members(model, logs, layout, max_rows=max_rows, seed=3)
+        (b,) = calibrate_members(model, shards, layout, max_rows=max_rows, seed=3)
+        np.testing.assert_allclose(a.offsets, b.offsets, rtol=0, atol=1e-9)
+    (thin3,) = calibrate_members(model, logs, layout, max_rows=n_shown // 5, seed=3)
+    (thin4,) = calibrate_members(model, logs, layout, max_rows=n_shown // 5, seed=4)
+    assert not np.allclose(thin3.offsets, thin4.offsets, rtol=0, atol=1e-9)  # the seed re-draws the sample

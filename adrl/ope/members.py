@@ -146,19 +146,28 @@ def calibrate_members(
     Raises:
         DataError: the log has no impressions, or lacks the outcome columns.
     """
-    cols = ["shown", "click", "conversion", "leave", "delay", "slot", "creative", *feature_columns(layout)]
+    from adrl.ope.stream import unit_key
+
+    cols = ["episode_id", "step", "shown", "click", "conversion", "leave", "delay", "slot", "creative",
+            *feature_columns(layout)]  # fmt: skip
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in log_files(logs))
     keep = min(1.0, 2.0 * max_rows / max(total, 1))  # thin while streaming, so memory stays near max_rows
-    thin = np.random.default_rng(seed)
     parts = []
     for df in iter_batches(logs, columns=cols):
-        shown_part = df[df["shown"]]
-        parts.append(shown_part if keep >= 1.0 else shown_part[thin.random(len(shown_part)) < keep])
-    shown = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+        shown_part = df[df["shown"]].copy()
+        # a keyed hash of (episode, step), not a stream of draws: the sample is the same however the log is split
+        # into files and ordered
+        with np.errstate(over="ignore"):
+            mixed = shown_part["episode_id"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            mixed = mixed + shown_part["step"].to_numpy().astype(np.uint64)
+        shown_part["_key"] = unit_key(mixed, seed, 11)
+        parts.append(shown_part if keep >= 1.0 else shown_part[shown_part["_key"] < keep])
+    shown = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*cols, "_key"])
     if len(shown) == 0:
         raise DataError(f"{logs}: no impressions to calibrate the behavior models on")
     if len(shown) > max_rows:
-        shown = shown.sample(n=max_rows, random_state=seed)
+        shown = shown.nsmallest(max_rows, "_key")
+    shown = shown.sort_values(["episode_id", "step"], kind="stable")
     obs = shown[feature_columns(layout)].to_numpy(dtype=np.float32)
     action = shown[["delay", "slot", "creative"]].to_numpy(dtype=np.int64)
     click = shown["click"].to_numpy(dtype=bool)
