@@ -6,8 +6,7 @@
 3. train REINFORCE and the batched PPO on ``adrl/AdPlacement-Learned-v0`` driven by the bagged simulator (the
    mean response of the main model and the bootstrap members: an agent cannot exploit one fit's noise), build the
    greedy, pacing and random baselines (greedy and pacing rank actions with the main model), and tune the pacing
-   and frequency-cap rules on the same simulator (the bar, tuned the way agents are trained); a pessimistic mode
-   (reward − λ · disagreement, with its own members) is off by default;
+   and frequency-cap rules on the same simulator (the bar, tuned the way agents are trained);
 4. evaluate every policy on the ground-truth world (the sim-to-real test);
 5. estimate every policy's return per user-day off-policy from the logs (the policy rolled out in the bootstrap
    members, calibrated on the logs) and rank them, beside the true values;
@@ -37,16 +36,6 @@ from adrl.scenario import Scenario, resolve_scenario
 # stochastic policy on these logs, and the one-step estimators (and their replayed truth, ~40 s) answer another
 # question: `adrl ope --estimand step` offers both, the main job keeps to the return per user-day
 OPE_ESTIMATORS = ("pdis", "wis")
-# the pessimistic mode's default (lambda of reward - lambda * disagreement), chosen by its ground-truth effect
-ENSEMBLE_PENALTY = 0.25
-ENSEMBLE_LEAVE_VALUE = 1.0
-# members start like the main fit: with the randomized prior (prior_std 2) and 2 epochs the mean model was worse
-# (seed 0: PPO 0.343, REINFORCE 0.351, tuned pacing 0.312 on the ground truth)
-ENSEMBLE_PRIOR_STD = 0.05
-ENSEMBLE_PROVENANCE = {
-    "penalty_chosen_by": "ground-truth return of PPO (2M steps, seed 0) trained on the seed-0 quickstart ensemble "
-    "at each lambda: 0 -> 0.402, 0.25 -> 0.428, 1 -> 0.199 per user-day (10,000 users); see issue 16's report",
-}
 BAGGED_PROVENANCE = {
     "simulator": "mean response of the main behavior model and the OPE's bootstrap members (penalty 0)",
     "chosen_by": "ground-truth return of the exported PPO (2M steps, 20,000 users) on quickstart seeds 0, 1, 2: "
@@ -71,28 +60,26 @@ class Budget:
     reinforce_envs: int
     ppo_steps: int
     ppo_envs: int
-    ensemble_members: int  # bootstrap behavior models fitted beside the main one (0: no ensemble, no pessimism)
-    ensemble_epochs: int
     rule_episodes: int  # learned-simulator user-days per candidate rule when tuning the bar
     eval_episodes: int
     n_boot: int
     holdout_users: int
     ope_members: int = 3  # behavior models fitted on bootstrap resamples of user-days: the model-based OPE's ensemble
     ope_starts: int = 20_000  # logged starts the model-based OPE rolls each policy out from
-    bagged_simulator: bool = True  # agents train on the mean of the main model and the ope members
 
 
-# no ensemble by default: measured on seed 0 (this machine, 2 cores), training on the ensemble of the main fit and
-# 2 bootstrap members (2 epochs each) in its pessimistic mode (lambda 0.25) gave REINFORCE 0.206 (82% churn) and
-# PPO 0.224 on the ground truth, against REINFORCE 0.454 on the single model; `ensemble_members` > 0 turns it on
+# agents train on the bagged simulator without a penalty: on seed 0 a pessimistic ensemble (the main fit and 2
+# members of 2 epochs, reward - 0.25 * disagreement) gave REINFORCE 0.206 (82% churn) and PPO 0.224 on the ground
+# truth, against REINFORCE 0.454 on the single model; benchmarks/agents_quality.py measures the bagged one with a
+# penalty (--modes bagged_pessimistic)
 DEFAULT_BUDGET = Budget(
     n_users=60_000, fit_epochs=8, fit_baselines=True, q_steps=20_000_000, q_envs=4096, reinforce_steps=1_500_000,
-    reinforce_envs=2048, ppo_steps=2_000_000, ppo_envs=2048, ensemble_members=0, ensemble_epochs=2,
-    rule_episodes=2000, eval_episodes=20_000, n_boot=200, holdout_users=20_000,
+    reinforce_envs=2048, ppo_steps=2_000_000, ppo_envs=2048, rule_episodes=2000,
+    eval_episodes=20_000, n_boot=200, holdout_users=20_000,
 )  # fmt: skip
 FAST_BUDGET = Budget(
     n_users=3_000, fit_epochs=2, fit_baselines=False, q_steps=1_000_000, q_envs=1024, reinforce_steps=40_000,
-    reinforce_envs=256, ppo_steps=40_000, ppo_envs=256, ensemble_members=0, ensemble_epochs=1, rule_episodes=300,
+    reinforce_envs=256, ppo_steps=40_000, ppo_envs=256, rule_episodes=300,
     eval_episodes=2_000, n_boot=50, holdout_users=2_000, ope_members=2, ope_starts=2_000,
 )  # fmt: skip
 
@@ -213,24 +200,13 @@ def run_quickstart(
     seconds["fit"] = time.perf_counter() - t
 
     t = stage(3, "training agents on the learned simulator (adrl/AdPlacement-Learned-v0)")
-    simulator = behavior
+    from adrl.behavior import BehaviorModel
+    from adrl.behavior.ensemble import EnsembleResponse
+
     layout = FeatureLayout.from_scenario(sc)
-    if budget.ensemble_members > 0:  # the simulator agents train on: an ensemble in its pessimistic mode
-        from adrl.behavior.ensemble import EnsembleConfig, fit_ensemble
-
-        log(f"      ensemble: {budget.ensemble_members} bootstrap behavior models beside the main one")
-        ens_cfg = EnsembleConfig(n_members=budget.ensemble_members, epochs=budget.ensemble_epochs,
-                                 penalty=ENSEMBLE_PENALTY, leave_value=ENSEMBLE_LEAVE_VALUE,
-                                 prior_std=ENSEMBLE_PRIOR_STD)  # fmt: skip
-        ensemble = fit_ensemble(logs, sc, cfg, ens_cfg, base=report.model, provenance=ENSEMBLE_PROVENANCE)
-        simulator = ensemble.save(out / "ensemble")
-    elif budget.bagged_simulator:
-        from adrl.behavior import BehaviorModel
-        from adrl.behavior.ensemble import EnsembleResponse
-
-        log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members")
-        bagged = [report.model, *(BehaviorModel.load(p, layout=layout) for p in member_paths)]
-        simulator = EnsembleResponse(bagged, sc, provenance=BAGGED_PROVENANCE).save(out / "simulator")
+    log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members")
+    bagged = [report.model, *(BehaviorModel.load(p, layout=layout) for p in member_paths)]
+    simulator = EnsembleResponse(bagged, sc, provenance=BAGGED_PROVENANCE).save(out / "simulator")
     budgets = {
         "q_learning": (budget.q_steps, budget.q_envs),
         "reinforce": (budget.reinforce_steps, budget.reinforce_envs),

@@ -9,11 +9,10 @@ Issue 16 adds, per seed: the rules tuned on the ground truth (``tuned_pacing``, 
 and the oracle planner (benchmarks/oracle.py, on ``--oracle-users`` of the same users), with every policy's
 ``fraction_of_oracle``; and with ``--learned DIR`` (a quickstart output of that seed: ``DIR`` may hold ``{seed}``),
 each agent trained again on its learned simulators: ``plain`` (the main model, ``DIR/behavior``), ``bagged`` (the
-mean of the main model and the bootstrap members, ``DIR/simulator``, what the main job trains on),
-``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement) and ``pessimistic`` (``DIR/ensemble``,
-its recorded λ, where the quickstart fitted one), each with the ground-truth return, the return inside the
-simulator it was trained on (``sim_return``; optimism = sim / truth − 1) and ``sim_to_real`` = its ground-truth
-return over the one of the same agent trained on the ground truth.
+mean of the main model and the bootstrap members, ``DIR/simulator``, what the main job trains on) and
+``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement, the MOPO mode), each with the
+ground-truth return, the return inside the simulator it was trained on (``sim_return``; optimism = sim / truth
+− 1) and ``sim_to_real`` = its ground-truth return over the one of the same agent trained on the ground truth.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from adrl.scenario import Scenario
 from adrl.training import train_run
 
 GROUND_TRUTH = "adrl/AdPlacement-v0"
+MODES = ("plain", "bagged", "bagged_pessimistic")  # the learned simulators of --learned
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--oracle-users", type=int, default=1000, help="0: no oracle")
     ap.add_argument("--learned", default=None, help="quickstart dir of each seed, e.g. /tmp/qs{seed}")
     ap.add_argument("--penalty", type=float, default=0.25, help="lambda of the bagged_pessimistic mode")
-    ap.add_argument("--modes", nargs="+", default=["plain", "bagged", "bagged_pessimistic", "pessimistic"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = ap.parse_args()
     sc = Scenario()
     from adrl.agents.baselines import PacingPolicy
@@ -127,7 +127,7 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
 
     sc = Scenario()
     out: dict[str, Any] = {}
-    sims = {"plain": qs / "behavior", "bagged": qs / "simulator", "pessimistic": qs / "ensemble"}
+    sims = {"plain": qs / "behavior", "bagged": qs / "simulator"}
     if (qs / "simulator").exists():
         bagged = EnsembleResponse.load(qs / "simulator", sc)
         bagged.penalty = args.penalty
