@@ -6,7 +6,10 @@
 actions. It reports the mean predicted and true pCTR, pCTCVR, pLeave and expected immediate reward, overall and by
 buckets of the features a policy can steer (clicks and conversions today, impression windows, hours since the last
 ad, times the creative was seen, slot, delay) and of the hidden fatigue. A policy that exploits the model shows up
-as a bucket where the prediction is far from the truth and that the policy visits often.
+as a bucket where the prediction is far from the truth and that the policy visits often. With
+``rollouts="ground-truth"`` the same comparison runs on the policy's trajectories in the ground-truth world: the
+calibration of the model on the states the policy really reaches, free of the learned rollouts' confounding of
+history with interest (see :func:`rollout_fidelity`).
 
 >>> report = rollout_fidelity(policy, LearnedResponse.load("runs/behavior"), n_envs=2048, n_steps=48)  # doctest: +SKIP
 >>> print(report.table())  # doctest: +SKIP
@@ -16,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from adrl.behavior.ensemble import EnsembleResponse
 from adrl.behavior.response import LearnedResponse
 from adrl.envs.vector import AdPlacementVectorEnv
 from adrl.scenario import RewardTable
@@ -38,6 +42,8 @@ DEFAULT_BUCKETS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("fatigue", (0.5, 1, 2, 3, 4, 6)),  # hidden, just before the impression (after the delay's decay)
 )
 QUANTITIES = ("p_click", "p_ctcvr", "p_leave", "reward")
+Rollouts = Literal["learned", "ground-truth"]
+ROLLOUTS: tuple[Rollouts, ...] = ("learned", "ground-truth")
 
 
 @dataclass
@@ -74,7 +80,9 @@ class FidelityReport:
 
     Attributes:
         n_impressions: impressions compared (decisions whose delay ran past the day show nothing and are skipped).
-        mean_return_learned: mean return of the finished user-days in the learned simulator.
+        mean_return_learned: mean return of the finished user-days in the world the rollouts ran in (``rollouts``;
+            the name is kept for the learned simulator's case).
+        rollouts: ``"learned"`` or ``"ground-truth"``.
         overall: ``{"n", "share", <quantity>: {"predicted", "true", "ratio", "mae"}}`` over every impression.
         by_feature: feature -> bucket label -> the same mapping as ``overall``.
     """
@@ -84,9 +92,11 @@ class FidelityReport:
     mean_return_learned: float
     overall: dict[str, Any]
     by_feature: dict[str, dict[str, dict[str, Any]]]
+    rollouts: Rollouts = "learned"
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "rollouts": self.rollouts,
             "n_impressions": self.n_impressions,
             "n_episodes": self.n_episodes,
             "mean_return_learned": self.mean_return_learned,
@@ -126,26 +136,40 @@ def _labels(edges: tuple[float, ...]) -> list[str]:
 
 def rollout_fidelity(
     policy: Any,
-    response: LearnedResponse,
+    response: LearnedResponse | EnsembleResponse,
     *,
     n_envs: int = 2048,
     n_steps: int = 48,
     seed: int = 0,
     deterministic: bool = True,
     buckets: tuple[tuple[str, tuple[float, ...]], ...] = DEFAULT_BUCKETS,
+    rollouts: Rollouts = "learned",
 ) -> FidelityReport:
-    """Roll ``policy`` out for ``n_steps`` decisions of ``n_envs`` users in the learned simulator and compare.
+    """Roll ``policy`` out for ``n_steps`` decisions of ``n_envs`` users and compare the learned model's outcome
+    probabilities with the ground truth's on every impression.
+
+    ``rollouts="learned"`` steps the learned simulator: the states are those the agent meets in training. There a
+    user's history (clicks and conversions today) comes from the model's draws, not from the user's hidden interest,
+    so in history buckets the truth is that of an average user while the model predicts for a user with that
+    history: the gap there is not all model error. ``rollouts="ground-truth"`` steps the ground-truth world, so
+    history and hidden interest agree, and compares the model with the truth on the states the policy would really
+    reach: the calibration that decides whether its return inside the simulator is believable.
 
     Args:
         policy: anything with ``predict(obs, deterministic=...)`` (the Policy protocol).
-        response: the learned simulator backend; its scenario gives the ground truth.
+        response: the learned simulator backend (one model or an ensemble's mean); its scenario gives the ground
+            truth.
         n_envs, n_steps: users stepped together and decisions per user slot (finished days restart).
         seed: seeds the environment (users and outcome draws).
         deterministic: passed to ``policy.predict``.
         buckets: features (observation names, ``times_seen``, ``fatigue``, ``slot``, ``delay``) and bucket edges.
+        rollouts: ``"learned"`` or ``"ground-truth"``: which world the policy's users live in (see above).
     """
+    if rollouts not in ROLLOUTS:
+        raise ValueError(f"rollouts must be one of {list(ROLLOUTS)}, got {rollouts!r}")
     sc = response.scenario
-    env = AdPlacementVectorEnv(n_envs, sc, behavior_model=response, autoreset_mode=AutoresetMode.SAME_STEP)
+    backend = response if rollouts == "learned" else None
+    env = AdPlacementVectorEnv(n_envs, sc, behavior_model=backend, autoreset_mode=AutoresetMode.SAME_STEP)
     world = World(sc)
     layout = env.layout
     delays = np.asarray(sc.delays)
@@ -198,4 +222,5 @@ def rollout_fidelity(
             name: {label: sums[name][i].as_dict(total) for i, label in enumerate(labels) if sums[name][i].n}
             for name, _, labels in specs
         },
+        rollouts=rollouts,
     )

@@ -12,7 +12,10 @@ each agent trained again on its learned simulators: ``plain`` (the main model, `
 mean of the main model and the bootstrap members, ``DIR/simulator``, what the main job trains on) and
 ``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement, the MOPO mode), each with the
 ground-truth return, the return inside the simulator it was trained on (``sim_return``; optimism = sim / truth
-− 1) and ``sim_to_real`` = its ground-truth return over the one of the same agent trained on the ground truth.
+− 1), ``sim_to_real`` = its ground-truth return over the one of the same agent trained on the ground truth, and
+``predicted_over_true_on_truth``: the simulator's mean pCTR, pCTCVR, pLeave and immediate reward over the truth's on
+the agent's own ground-truth trajectories (``adrl.fidelity``, ``rollouts="ground-truth"``), where its optimism
+comes from.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
     """Each agent trained on each learned simulator (``--modes``) of quickstart dir ``qs``."""
     from adrl.behavior.ensemble import EnsembleResponse
     from adrl.envs.registration import LEARNED_ID
+    from adrl.fidelity import QUANTITIES, rollout_fidelity
     from adrl.training import resolve_env
 
     sc = Scenario()
@@ -146,6 +150,10 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
             inside = evaluate_policies({agent: policy}, sc, n_episodes=args.episodes, seed=100 + seed,
                                        response=response)[0].overall  # fmt: skip
             on_truth = row["policies"][agent]["mean_return"]
+            # the simulator's calibration on the states the agent really reaches: the source of its optimism
+            fid = rollout_fidelity(policy, response, n_envs=2048, n_steps=48, seed=100 + seed,
+                                   deterministic=False, rollouts="ground-truth").overall  # fmt: skip
+            calibration = {q: round(fid[q]["ratio"], 4) for q in QUANTITIES}
             out[f"{agent}/{mode}"] = {
                 "penalty": float(getattr(response, "penalty", 0.0)),
                 "mean_return": round(truth.mean_return, 5),
@@ -154,6 +162,7 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
                 "sim_return": round(inside.mean_return, 5),
                 "optimism": round(inside.mean_return / truth.mean_return - 1, 4),
                 "sim_to_real": round(truth.mean_return / on_truth, 4),
+                "predicted_over_true_on_truth": calibration,
                 **({"fraction_of_oracle": round(truth.mean_return / row["oracle"]["mean_return"], 4)}
                    if "oracle" in row else {}),
             }  # fmt: skip

@@ -16,6 +16,9 @@ draw's user-days (``--fit-epochs`` each), calibrated in the large on that draw's
 policy (they share the simulator's Q̂ / V̂ and state ratios), so ``seconds_per_policy`` is the group's.
 ``per-decision-dr`` is the one-step DR estimate ranked as a stand-in.
 
+Each finished draw is appended to ``<workdir>/draws-<logger>-<users>-<settings>.jsonl``; a run stopped part way
+(Ctrl-C, a lost machine) and started again with the same arguments resumes at the next draw.
+
 Usage (a run this machine affords; the full protocol is
 ``--users 60000,250000 --draws 20 --logger quickstart,softmax-pacing``):
     python benchmarks/ope_selection.py --users 60000 --draws 2 --logger quickstart --workdir runs/ope_selection
@@ -24,6 +27,7 @@ Usage (a run this machine affords; the full protocol is
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -128,6 +132,46 @@ def summarise(estimates: dict[str, dict[str, Any]], truth: dict[str, float]) -> 
     }
 
 
+def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
+    """Finished draws of an earlier run with the same settings; a torn last line (a kill mid-write) is dropped."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    text = path.read_text()
+    kept = []
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n"):
+            done[int(record["draw"])] = record
+            kept.append(line)
+    if "".join(kept) != text:  # drop the torn line, so the next append starts a line of its own
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+    return done
+
+
+def _replay(
+    record: dict[str, Any],
+    rows: dict[str, list[dict[str, float]]],
+    values: dict[str, dict[str, list[float]]],
+    secs: dict[str, list[float]],
+    logged_values: list[float],
+    fit_secs: list[float],
+) -> None:
+    """Add one draw's record to the running tables."""
+    logged_values.append(record["logged_value"])
+    fit_secs.append(record["fit_seconds"])
+    for k in rows:
+        rows[k].append(record["summary"][k])
+        secs[k].append(record["seconds"][k])
+        for n, v in record["values"][k].items():
+            values[k][n].append(v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", default="60000", help="comma-separated log sizes (user-days per draw)")
@@ -166,6 +210,11 @@ def main() -> None:
         }  # fmt: skip
         truth_file.write_text(json.dumps(truth))
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    # the draw count is left out: draw k's seed does not depend on it, so --draws 8 summarises the first 8 draws of
+    # an interrupted --draws 20 run
+    settings = [args.members, args.fit_epochs, args.max_starts, args.max_episodes, estimators,
+                args.eval_episodes, args.n_boot, args.seed, sorted(zoo)]  # fmt: skip
+    config_key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
     results: dict[str, Any] = {}
     seeds = np.random.SeedSequence(args.seed).spawn(args.draws)
     for logger_name in args.logger.split(","):
@@ -175,8 +224,14 @@ def main() -> None:
             values: dict[str, dict[str, list[float]]] = {k: {n: [] for n in zoo} for k in rows}
             secs: dict[str, list[float]] = {k: [] for k in rows}
             logged_values, fit_secs = [], []
+            # each finished draw is appended (and flushed) here, so an interrupted run resumes at the next draw
+            journal = args.workdir / f"draws-{logger_name}-{n_users}-{config_key}.jsonl"
+            done = _read_journal(journal)
             for d, ss in enumerate(seeds):
                 draw_seed = int(ss.generate_state(1)[0])
+                if d in done:
+                    _replay(done[d], rows, values, secs, logged_values, fit_secs)
+                    continue
                 with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                     logs = Path(tmp) / "logs.parquet"
                     simulate(sc, n_users=n_users, out=logs, logging_policy=logger, seed=draw_seed, progress=False)
@@ -200,10 +255,22 @@ def main() -> None:
                     res = evaluate(data, policy.action_probabilities, ["dr"], rng=rng, n_boot=0)
                     secs["per-decision-dr"].append(time.perf_counter() - t)
                     per_est["per-decision-dr"][name] = res.estimates["dr"].as_dict()
+                record = {
+                    "draw": d,
+                    "logged_value": logged_values[-1],
+                    "fit_seconds": fit_secs[-1],
+                    "summary": {k: summarise(per_est[k], truth) for k in rows},
+                    "values": {k: {n: per_est[k][n]["value"] for n in zoo} for k in rows},
+                    "seconds": {k: float(np.mean(secs[k][-len(zoo) :])) for k in rows},
+                }
+                with journal.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                logged_values.pop(), fit_secs.pop()
                 for k in rows:
-                    rows[k].append(summarise(per_est[k], truth))
-                    for n in zoo:
-                        values[k][n].append(per_est[k][n]["value"])
+                    del secs[k][-len(zoo) :]
+                _replay(record, rows, values, secs, logged_values, fit_secs)
                 progress = {k: round(rows[k][-1]["spearman"], 3) for k in rows}
                 print(json.dumps({"draw": f"{logger_name} {n_users} {d + 1}/{args.draws}", "spearman": progress}),
                       file=sys.stderr, flush=True)  # fmt: skip

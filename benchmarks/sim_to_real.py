@@ -7,7 +7,8 @@ Greedy, pacing (both ranking actions with the learned model) and random are the 
 
 Goal (issue 5): for each agent, return(trained on learned) / return(trained on truth) >= 0.9 on the ground truth.
 With ``--fidelity`` the report adds, per agent trained on the learned simulator, the mean predicted vs true
-probabilities on its own rollouts (``adrl.fidelity``).
+probabilities on its own rollouts in the learned simulator (``fidelity``) and in the ground truth
+(``fidelity_on_truth``, the model's calibration on the states the agent really reaches; ``adrl.fidelity``).
 
     .venv/bin/python -m benchmarks.sim_to_real > sim_to_real.json
 """
@@ -90,6 +91,10 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 entry["return_in_learned_sim"] = round(fid.mean_return_learned, 4)
                 if args.fidelity:
                     entry["fidelity"] = _short(fid.as_dict())
+                    # the same comparison on the agent's trajectories in the ground truth (history and interest agree)
+                    on_truth = rollout_fidelity(policy, LearnedResponse.load(behavior, sc), n_envs=2048, n_steps=48,
+                                                rollouts="ground-truth")  # fmt: skip
+                    entry["fidelity_on_truth"] = _short(on_truth.as_dict())
         ratio = entry["trained_on_learned"]["mean_return"] / entry["trained_on_truth"]["mean_return"]
         entry["ratio"] = round(ratio, 3)
         entry["met"] = ratio >= GOAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,26 @@ def test_fidelity_diagnostic_compares_learned_and_true_probabilities(artifact: P
     assert {"slot", "delay", "fatigue", "times_seen"} <= set(report.by_feature)
     assert "clicks_today" in report.table()
     json.dumps(report.as_dict())  # plain JSON
+
+
+def test_fidelity_on_ground_truth_rollouts_measures_the_model_on_the_states_the_policy_really_reaches(
+    artifact: Path, log_path: Path, tmp_path: Path
+) -> None:
+    sc = Scenario()
+    other = fit_adrl(log_path, sc, replace(SMALL, seed=1), progress=False).model.save(tmp_path / "other")
+    # a fresh policy for each run: the random policy's own draws continue from one run to the next
+    a, b = (rollout_fidelity(RandomPolicy(sc, seed=0), LearnedResponse.load(m, sc), n_envs=256, n_steps=30, seed=1,
+                             rollouts="ground-truth") for m in (artifact, other))  # fmt: skip
+    # the users live in the ground truth: their states, the truth and the return do not depend on the model
+    assert a.rollouts == "ground-truth" and a.as_dict()["rollouts"] == "ground-truth"
+    assert a.n_impressions == b.n_impressions and a.mean_return_learned == b.mean_return_learned
+    for q in QUANTITIES:
+        assert a.overall[q]["true"] == b.overall[q]["true"]
+    assert a.overall["p_click"]["predicted"] != b.overall["p_click"]["predicted"]
+    assert a.overall["p_click"]["ratio"] == pytest.approx(1.0, abs=0.35)  # random stays on the logged support
+    policy = RandomPolicy(sc, seed=0)
+    policy = RandomPolicy(sc, seed=0)
+    learned = rollout_fidelity(policy, LearnedResponse.load(artifact, sc), n_envs=256, n_steps=30, seed=1)
+    assert learned.rollouts == "learned" and learned.mean_return_learned != a.mean_return_learned
+    with pytest.raises(ValueError, match="rollouts must be one of"):
+        rollout_fidelity(policy, LearnedResponse.load(artifact, sc), rollouts="sim")  # type: ignore[arg-type]

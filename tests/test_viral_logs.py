@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from adrl.agents.baselines import GreedyPolicy
 from adrl.behavior import FitConfig
 from adrl.behavior.model import BehaviorModel
-from adrl.behavior.share import fit_share_head
+from adrl.behavior.share import ShareReport, compare_to_logistic_regression, fit_share_head
 from adrl.cli import app
 from adrl.errors import DataError
 from adrl.scenario import Scenario, Social
@@ -64,6 +64,10 @@ def test_the_share_head_learns_p_share_given_click_and_round_trips(viral_logs: P
     assert report.n_train > 0 and report.n_validation > 0
     assert 0.5 < m.auc <= 1.0 and np.isfinite(report.metrics["logistic_regression"].log_loss)
     assert report.metrics["truth"].log_loss <= m.log_loss + 0.05  # the logged true P(share | click) is the ceiling
+    cmp = compare_to_logistic_regression(report, n_boot=40, seed=1)
+    assert cmp.auc == pytest.approx(m.auc - report.metrics["logistic_regression"].auc, abs=1e-12)
+    assert cmp.log_loss == pytest.approx(m.log_loss - report.metrics["logistic_regression"].log_loss, abs=1e-6)
+    assert cmp.auc_ci95[0] <= cmp.auc <= cmp.auc_ci95[1] and cmp.n_users == len(np.unique(report.validation_users))
     report.model.save(tmp_path / "share")
     loaded = BehaviorModel.load(tmp_path / "share")
     df = pq.read_table(viral_logs).to_pandas().head(50)
@@ -77,3 +81,26 @@ def test_the_share_head_needs_a_share_column(tmp_path: Path) -> None:
     simulate(SCENARIO, n_users=50, out=plain, seed=0, progress=False)
     with pytest.raises(DataError, match="no 'share' column"):
         fit_share_head(plain, SCENARIO)
+
+
+def _report(y: np.ndarray, p_model: np.ndarray, p_lr: np.ndarray, users: np.ndarray) -> ShareReport:
+    return ShareReport(
+        None, {}, 0, len(y), 0.0,  # type: ignore[arg-type]  # the comparison reads the validation arrays only
+        validation_labels=y, validation_model=p_model, validation_lr=p_lr, validation_users=users,
+    )  # fmt: skip
+
+
+def test_the_head_comparison_finds_a_better_model_and_no_difference_between_equal_ones() -> None:
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(2000), 5)
+    p_true = 1 / (1 + np.exp(-rng.normal(-1, 1.5, users.size)))
+    y = (rng.random(users.size) < p_true).astype(np.float64)
+    better = compare_to_logistic_regression(_report(y, p_true, np.full_like(p_true, y.mean()), users), n_boot=50)
+    assert better.beats and better.auc > 0.2 and better.log_loss < 0
+    same = compare_to_logistic_regression(_report(y, p_true, p_true.copy(), users), n_boot=50)
+    assert same.auc == 0 and same.log_loss == 0 and not same.beats
+    assert same.as_dict()["users"] == 2000
+    with pytest.raises(ValueError, match="n_boot"):
+        compare_to_logistic_regression(_report(y, p_true, p_true, users), n_boot=5)
+    with pytest.raises(ValueError, match="no validation clicks"):
+        compare_to_logistic_regression(_report(y[:0], y[:0], y[:0], users[:0]))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from adrl.behavior.inputs import AdrlEncoder
 from adrl.behavior.metrics import HeadMetrics, head_metrics
@@ -46,6 +47,76 @@ class ShareReport:
     n_train: int
     n_validation: int
     seconds: float
+    # the validation clicks behind ``metrics``: share labels, both fits' P(share | click) and the users (for
+    # :func:`compare_to_logistic_regression`)
+    validation_labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    validation_model: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    validation_lr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    validation_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class HeadComparison:
+    """Share head minus logistic regression on the same validation clicks, with user-clustered 95% intervals.
+
+    ``auc`` > 0 and ``log_loss`` < 0 favour the head; ``beats`` is true when both intervals exclude 0 that way.
+    """
+
+    auc: float
+    auc_ci95: tuple[float, float]
+    log_loss: float
+    log_loss_ci95: tuple[float, float]
+    n_users: int
+    n_boot: int
+
+    @property
+    def beats(self) -> bool:
+        return self.auc_ci95[0] > 0 and self.log_loss_ci95[1] < 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "auc_difference": round(self.auc, 5),
+            "auc_difference_ci95": [round(x, 5) for x in self.auc_ci95],
+            "log_loss_difference": round(self.log_loss, 6),
+            "log_loss_difference_ci95": [round(x, 6) for x in self.log_loss_ci95],
+            "users": self.n_users,
+            "bootstrap": self.n_boot,
+            "beats": self.beats,
+        }
+
+
+def _weighted_log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-(w * (y * np.log(p) + (1 - y) * np.log1p(-p))).sum() / w.sum())
+
+
+def compare_to_logistic_regression(report: ShareReport, *, n_boot: int = 200, seed: int = 0) -> HeadComparison:
+    """AUC and log-loss differences (head − regression) with percentile intervals from a Poisson bootstrap of the
+    validation users: one user's clicks move together, so the user is the unit resampled.
+
+    Raises:
+        ValueError: the report carries no validation clicks, or ``n_boot`` < 20.
+    """
+    y, pm, pl = report.validation_labels, report.validation_model, report.validation_lr
+    if y.size == 0:
+        raise ValueError("the report carries no validation clicks; fit it with fit_share_head")
+    if n_boot < 20:
+        raise ValueError(f"n_boot must be >= 20 for a 95% interval, got {n_boot}")
+    _, unit = np.unique(report.validation_users, return_inverse=True)
+    n_units = int(unit.max()) + 1
+    rng = np.random.default_rng(seed)
+
+    def diffs(w: np.ndarray) -> tuple[float, float]:
+        auc = roc_auc_score(y, pm, sample_weight=w) - roc_auc_score(y, pl, sample_weight=w)
+        return float(auc), _weighted_log_loss(y, pm, w) - _weighted_log_loss(y, pl, w)
+
+    point = diffs(np.ones_like(y, dtype=np.float64))
+    reps = np.array([diffs(rng.poisson(1.0, n_units).astype(np.float64)[unit]) for _ in range(n_boot)])
+    lo, hi = np.percentile(reps, [2.5, 97.5], axis=0)
+    return HeadComparison(
+        auc=point[0], auc_ci95=(float(lo[0]), float(hi[0])), log_loss=point[1],
+        log_loss_ci95=(float(lo[1]), float(hi[1])), n_users=n_units, n_boot=n_boot,
+    )  # fmt: skip
 
 
 def _encoded(encoder: AdrlEncoder, obs: np.ndarray, action: np.ndarray, share: np.ndarray) -> Encoded:
@@ -105,4 +176,8 @@ def fit_share_head(logs: Path | str, scenario: Scenario, cfg: FitConfig | None =
     if "p_share" in df:  # the ceiling: the true probabilities of the same rows
         metrics["truth"] = head_metrics(y, df["p_share"].to_numpy(dtype=np.float64)[is_val])
     model.metrics = {"share": {k: v.as_dict() for k, v in metrics.items()}}
-    return ShareReport(model, metrics, len(train), len(val), time.perf_counter() - start)
+    users = df["user_id"].to_numpy(dtype=np.int64)[is_val]
+    return ShareReport(
+        model, metrics, len(train), len(val), time.perf_counter() - start,
+        validation_labels=y.astype(np.float64), validation_model=p_model, validation_lr=p_lr, validation_users=users,
+    )  # fmt: skip
