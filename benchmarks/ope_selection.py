@@ -223,7 +223,8 @@ def main() -> None:
             rows: dict[str, list[dict[str, float]]] = {k: [] for k in (*estimators, "per-decision-dr")}
             values: dict[str, dict[str, list[float]]] = {k: {n: [] for n in zoo} for k in rows}
             secs: dict[str, list[float]] = {k: [] for k in rows}
-            logged_values, fit_secs = [], []
+            logged_values: list[float] = []
+            fit_secs: list[float] = []
             # each finished draw is appended (and flushed) here, so an interrupted run resumes at the next draw
             journal = args.workdir / f"draws-{logger_name}-{n_users}-{config_key}.jsonl"
             done = _read_journal(journal)
