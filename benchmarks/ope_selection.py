@@ -48,6 +48,7 @@ from adrl.agents.baselines import EpsilonGreedyPolicy, GreedyPolicy, PacingPolic
 from adrl.agents.registry import load_policy_artifact
 from adrl.evaluation import evaluate_policy
 from adrl.features import FeatureLayout
+from adrl.io import atomic_open
 from adrl.ope.data import read_adrl_logs
 from adrl.ope.members import calibrate_members, fit_bootstrap_members, load_members
 from adrl.ope.model_based import Simulators, logged_return
@@ -148,9 +149,8 @@ def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
             done[int(record["draw"])] = record
             kept.append(line)
     if "".join(kept) != text:  # drop the torn line, so the next append starts a line of its own
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        with atomic_open(path) as fh:
+            fh.write("".join(kept))
     return done
 
 
@@ -239,10 +239,11 @@ def main() -> None:
                     t = time.perf_counter()
                     members = fit_bootstrap_members(logs, sc, Path(tmp) / "members", n_members=args.members,
                                                     seed=draw_seed, epochs=args.fit_epochs)  # fmt: skip
-                    fit_secs.append(time.perf_counter() - t)
+                    fit_seconds = time.perf_counter() - t
                     sim = Simulators(World(sc), calibrate_members(load_members(members, sc), logs, layout))
                     data = read_adrl_logs(logs, layout)
-                logged_values.append(logged_return(data).value)
+                logged_value = logged_return(data).value
+                draw_secs: dict[str, list[float]] = {k: [] for k in rows}
                 per_est: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in rows}
                 for name, policy in zoo.items():
                     rng = np.random.default_rng([draw_seed, len(per_est[estimators[0]])])
@@ -250,27 +251,24 @@ def main() -> None:
                     res = evaluate(data, policy.action_probabilities, estimators, rng=rng, sim=sim, n_boot=args.n_boot,
                                    max_starts=args.max_starts, max_episodes=args.max_episodes)  # fmt: skip
                     for k in estimators:
-                        secs[k].append(time.perf_counter() - t)  # the group's seconds, the same for each
+                        draw_secs[k].append(time.perf_counter() - t)  # the group's seconds, the same for each
                         per_est[k][name] = res.estimates[k].as_dict()
                     t = time.perf_counter()
                     res = evaluate(data, policy.action_probabilities, ["dr"], rng=rng, n_boot=0)
-                    secs["per-decision-dr"].append(time.perf_counter() - t)
+                    draw_secs["per-decision-dr"].append(time.perf_counter() - t)
                     per_est["per-decision-dr"][name] = res.estimates["dr"].as_dict()
                 record = {
                     "draw": d,
-                    "logged_value": logged_values[-1],
-                    "fit_seconds": fit_secs[-1],
+                    "logged_value": logged_value,
+                    "fit_seconds": fit_seconds,
                     "summary": {k: summarise(per_est[k], truth) for k in rows},
                     "values": {k: {n: per_est[k][n]["value"] for n in zoo} for k in rows},
-                    "seconds": {k: float(np.mean(secs[k][-len(zoo) :])) for k in rows},
+                    "seconds": {k: float(np.mean(draw_secs[k])) for k in rows},
                 }
                 with journal.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                logged_values.pop(), fit_secs.pop()
-                for k in rows:
-                    del secs[k][-len(zoo) :]
                 _replay(record, rows, values, secs, logged_values, fit_secs)
                 progress = {k: round(rows[k][-1]["spearman"], 3) for k in rows}
                 print(json.dumps({"draw": f"{logger_name} {n_users} {d + 1}/{args.draws}", "spearman": progress}),

@@ -45,11 +45,11 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy (nats) of probabilities ``p`` for labels ``y``."""
+def log_loss(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Mean binary cross-entropy (nats) of probabilities ``p`` for labels ``y`` (weighted by ``weight`` if given)."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(-np.average(y * np.log(p) + (1 - y) * np.log1p(-p), weights=weight))
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:

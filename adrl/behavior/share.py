@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from adrl.behavior.inputs import AdrlEncoder
-from adrl.behavior.metrics import HeadMetrics, head_metrics
+from adrl.behavior.metrics import HeadMetrics, head_metrics, log_loss
 from adrl.behavior.model import BehaviorModel
 from adrl.behavior.training import (
     Encoded,
@@ -85,11 +85,6 @@ class HeadComparison:
         }
 
 
-def _weighted_log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-(w * (y * np.log(p) + (1 - y) * np.log1p(-p))).sum() / w.sum())
-
-
 def compare_to_logistic_regression(report: ShareReport, *, n_boot: int = 200, seed: int = 0) -> HeadComparison:
     """AUC and log-loss differences (head − regression) with percentile intervals from a Poisson bootstrap of the
     validation users: one user's clicks move together, so the user is the unit resampled.
@@ -108,7 +103,7 @@ def compare_to_logistic_regression(report: ShareReport, *, n_boot: int = 200, se
 
     def diffs(w: np.ndarray) -> tuple[float, float]:
         auc = roc_auc_score(y, pm, sample_weight=w) - roc_auc_score(y, pl, sample_weight=w)
-        return float(auc), _weighted_log_loss(y, pm, w) - _weighted_log_loss(y, pl, w)
+        return float(auc), log_loss(y, pm, w) - log_loss(y, pl, w)
 
     point = diffs(np.ones_like(y, dtype=np.float64))
     reps = np.array([diffs(rng.poisson(1.0, n_units).astype(np.float64)[unit]) for _ in range(n_boot)])
