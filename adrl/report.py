@@ -42,6 +42,7 @@ class QuickstartResult:
             "out": str(self.out),
             "best": self.best,
             "selected": self.selected,
+            "simulation": self.simulation,
             "selection": self.selection,
             "best_policy": str(self.best_policy),
             "report": str(self.report),
@@ -58,7 +59,7 @@ SECTIONS = (
     ("learning", "Learning curves"),
     ("policies", "Policy comparison on the ground truth"),
     ("ope", "Off-policy estimates of the return per user-day beside the true values, and the offline pick"),
-    ("best", "What the best policy does, by hour"),
+    ("best", "What the exported policy does, by hour"),
     ("next", "Next steps"),
 )
 
@@ -147,11 +148,12 @@ def _scenario(r: QuickstartResult) -> str:
 
 def _logs(r: QuickstartResult) -> str:
     s = r.simulation
+    eps = ", ".join(f"{e:g}" for e in s.get("epsilon", (0.3, 0.3, 0.3)))
     return _table(
         ["user-days", "decisions", "impressions", "CTR", "conversions / click", "churn", "return / user-day"],
         [[f"{s['n_users']:,}", f"{s['n_decisions']:,}", f"{s['n_impressions']:,}", f"{s['ctr']:.2%}",
           f"{s['conversion_rate']:.2%}", f"{s['churn_rate']:.1%}", f"{s['mean_return']:.4f}"]],
-    ) + ("<p class=muted>Logged by an ε-greedy policy (ε = 0.3 per action component) around the myopic "
+    ) + (f"<p class=muted>Logged by an ε-greedy policy (ε = {eps} per delay, slot, creative) around the myopic "
          "targeting rule.</p>")  # fmt: skip
 
 
@@ -274,7 +276,7 @@ def _ope(r: QuickstartResult) -> str:
 def _best(r: QuickstartResult) -> str:
     import matplotlib.pyplot as plt
 
-    e = next(x for x in r.evaluations if x.name == r.best)
+    e = next(x for x in r.evaluations if x.name == (r.selected or r.best))
     sc = r.scenario
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     delay = e.delay_by_hour / np.maximum(e.delay_by_hour.sum(axis=1, keepdims=True), 1)
@@ -290,13 +292,17 @@ def _best(r: QuickstartResult) -> str:
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04)
     shown = e.shown_by_hour
-    return f"<p>Best policy: <b>{html.escape(r.best)}</b>; it shows {shown.sum():.2f} ads per user-day.</p>" + _png(fig)
+    name = html.escape(r.selected or r.best)
+    return (
+        f"<p>Exported policy (the offline pick): <b>{name}</b>; it shows {shown.sum():.2f} ads per user-day.</p>"
+        + _png(fig)
+    )
 
 
 def _next(r: QuickstartResult) -> str:
     policy = html.escape(str(r.best_policy))
     return (
-        "<p>Serve the best policy over HTTP:</p>"
+        "<p>Serve the exported policy over HTTP:</p>"
         f"<pre>ADRL_LOG_KEY=$(openssl rand -hex 32) adrl serve --policy {policy} --port 8000 "
         "--log-dir runs/serve-log</pre>"
         "<p>Or query it from Python:</p>"

@@ -57,6 +57,8 @@ def test_best_policy_loads_and_decides(quickstart: tuple[Path, str]) -> None:
     assert decision.action.slot in [s.name for s in adrl.Scenario().slots]
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["best"] in summary["policies"]
+    exported = (out / "best_policy" / "manifest.json").read_bytes()  # the offline pick, as a user would ship it
+    assert exported == (out / "agents" / summary["selected"] / "policy" / "manifest.json").read_bytes()
     best_return = summary["policies"][summary["best"]]["mean_return"]
     assert best_return == max(p["mean_return"] for p in summary["policies"].values())
 
@@ -78,6 +80,18 @@ def test_quickstart_refuses_to_overwrite_without_force(quickstart: tuple[Path, s
     result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out)])
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "report.html").stat().st_mtime_ns == before
+
+
+def test_the_logger_exploration_is_recorded_and_bad_rates_are_refused(quickstart: tuple[Path, str]) -> None:
+    out, _ = quickstart
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["simulation"]["epsilon"] == [0.3, 0.3, 0.3]
+    assert "ε = 0.3, 0.3, 0.3 per delay, slot, creative" in (out / "report.html").read_text()
+    before = (out / "report.html").stat().st_mtime_ns
+    for bad in ("1.5", "1,0.5", "fast"):  # out of [0, 1], two rates, not a number: refused before anything is replaced
+        result = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out), "--force", "--epsilon", bad])
+        assert result.exit_code == 2 and "--epsilon" in result.output, result.output
+        assert (out / "report.html").stat().st_mtime_ns == before
 
 
 def test_force_never_deletes_a_directory_that_is_not_a_quickstart(tmp_path: Path) -> None:

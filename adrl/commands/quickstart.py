@@ -21,15 +21,22 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(min=0, help="random seed of every stage")] = 0,
         scenario: Annotated[Path | None, typer.Option(help="scenario YAML (default market if omitted)")] = None,
         force: Annotated[bool, typer.Option("--force", help="replace an earlier quickstart in --out")] = False,
+        epsilon: Annotated[
+            str | None,
+            typer.Option(help="the logger's exploration: one rate or 'delay,slot,creative' (default 0.3)"),
+        ] = None,
     ) -> None:
         """Simulate logs, fit the behavior model, train agents on it, evaluate them and write a report.
 
         Example: adrl quickstart --out runs/quickstart
         """
         from adrl.quickstart import run_quickstart
+        from adrl.simulate import parse_epsilon
 
         with cli_errors():
-            r = run_quickstart(out, fast=fast, seed=seed, scenario=scenario, force=force, log=console.print)
+            eps = parse_epsilon(epsilon) if epsilon is not None else None
+            r = run_quickstart(out, fast=fast, seed=seed, scenario=scenario, force=force, epsilon=eps,
+                               log=console.print)  # fmt: skip
             t = Table(title="policies on the ground-truth world (agents trained on the learned simulator)")
             for col in ("policy", "mean return", "95% CI", "CTR", "ads / user-day", "churn"):
                 t.add_column(col, justify="left" if col == "policy" else "right")
@@ -49,7 +56,9 @@ def register(app: typer.Typer) -> None:
                     f"{est['value']:.4f} [{est['lower']:.4f}, {est['upper']:.4f}], true {picked:.4f}; true best "
                     f"{r.best} ({true_best:.4f}), regret {regret:.1%}\n{r.selection.get('message', '')}"
                 )
-            console.print(f"\nreport: {r.report}\nbest policy ({r.best}): {r.best_policy}")
+            console.print(
+                f"\nreport: {r.report}\nexported policy ({r.selected or r.best}, the offline pick): {r.best_policy}"
+            )
             console.print(
                 "\nnext:\n"
                 f"  ADRL_LOG_KEY=$(openssl rand -hex 32) adrl serve --policy {r.best_policy} --port 8000 "
