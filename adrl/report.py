@@ -34,7 +34,7 @@ class QuickstartResult:
     best_policy: Path
     report: Path
     seconds: dict[str, float] = field(default_factory=dict)
-    selected: str = ""  # the policy offline evaluation ranks first (what a user without ground truth would pick)
+    selected: str = ""  # the offline pick: the ship rule's (best lower bound above the logged value), else the top
     selection: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -242,12 +242,15 @@ def _ope_returns(r: QuickstartResult) -> str:
     note = (
         f"<p>Each policy rolled out in {html.escape(sel['estimator'])}: the learned simulator (an ensemble of behavior "
         "models fitted on bootstrap resamples of the logged user-days) from the logged users' first states; the "
-        "interval holds the sampling of users and the spread between the models. Offline selection picks "
+        "interval holds the sampling of users and the spread between the models. Offline selection (the highest "
+        "lower bound above the logging policy's value, else the top estimate) picks "
         f"<b>{html.escape(r.selected)}</b> (true return {picked:.4f}); the true best is <b>{html.escape(r.best)}</b> "
         f"(true return {true_best:.4f}): regret {regret:.1%}. Ship rule: {html.escape(sel['message'])}.</p>"
     )
     return note + _table(
-        ["rank", "policy", "estimated return", "95% CI", "true return", "rel. error", "CI covers"], rows, best_row=0
+        ["rank", "policy", "estimated return", "95% CI", "true return", "rel. error", "CI covers"],
+        rows,
+        best_row=next(k for k, e in enumerate(sel["ranking"]) if e["policy"] == r.selected),
     )
 
 

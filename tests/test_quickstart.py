@@ -42,6 +42,11 @@ def test_offline_selection_estimates_the_return_per_user_day(quickstart: tuple[P
     out, _ = quickstart
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["selected"] in summary["policies"] and summary["best"] in summary["policies"]
+    sel = summary["selection"]  # the ship rule's pick when one qualifies, else the top estimate
+    assert summary["selected"] == (sel["recommended"] or sel["ranking"][0]["policy"])
+    if sel["recommended"]:
+        lowers = {e["policy"]: e["lower"] for e in sel["ranking"]}
+        assert lowers[summary["selected"]] == max(lowers[n] for n in sel["qualifying"]) > sel["logged_value"]
     for name, o in summary["ope"].items():
         est = o["estimated_return"]
         assert est["lower"] <= est["value"] <= est["upper"] and est["estimator"] == "model"
