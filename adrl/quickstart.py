@@ -275,9 +275,7 @@ def run_quickstart(
 
     t = stage(6, "exporting the policy offline selection picks and writing the report")
     best = max(evaluations, key=lambda e: e.overall.mean_return).name  # the ground-truth check, not the choice
-    # what a user without ground truth would ship: the ship rule's pick (the best lower bound above the logged
-    # value), else the top estimate, which the report flags as not beating the logging policy
-    selected = selection.recommended or selection.ranking[0][0]
+    selected = selection.pick  # what a user without ground truth would ship
     best_policy = out / "best_policy"
     shutil.copytree(out / "agents" / selected / "policy", best_policy)
     simulation = {**sim.as_dict(), "epsilon": list(budget.log_epsilon)}

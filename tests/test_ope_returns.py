@@ -136,9 +136,10 @@ def test_ship_rule_needs_the_lower_bound_above_the_logged_value() -> None:
     cands = {"a": Estimate(0.5, 0.2, 0.8, 10), "b": Estimate(0.45, 0.35, 0.55, 10), "c": Estimate(0.1, 0.0, 0.2, 10)}
     sel = select(cands, 0.3, estimator="model")
     assert [n for n, _ in sel.ranking] == ["a", "b", "c"]
-    assert sel.qualifying == ("b",) and sel.recommended == "b"
+    assert sel.qualifying == ("b",) and sel.recommended == "b" and sel.pick == "b"  # the lower bound, not the top
     none = select(cands, 0.9, estimator="model")
     assert none.recommended is None and "keep the logging policy" in none.message
+    assert none.pick == "a"  # nothing qualifies: the top estimate, flagged by the message
 
 
 def test_return_estimators_without_a_model_say_what_is_missing(logged: tuple[Path, Scenario]) -> None:

@@ -25,6 +25,12 @@ class Selection:
     recommended: str | None
 
     @property
+    def pick(self) -> str:
+        """What a user without ground truth would ship: the ship rule's pick, else the top estimate (``message``
+        then says that nothing beats the logging policy)."""
+        return self.recommended or self.ranking[0][0]
+
+    @property
     def message(self) -> str:
         if self.recommended is None:
             return (
