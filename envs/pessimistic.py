@@ -1,14 +1,19 @@
-"""The learned simulator's pessimistic mode: reward − λ · disagreement of the behavior ensemble (MOPO).
+"""The learned simulator's pessimistic modes: reward − λ · disagreement of the behavior ensemble (MOPO) − κ · the
+width of the logged support (count-based).
 
 :class:`PessimisticVectorEnv` wraps an :class:`~adrl.envs.vector.AdPlacementVectorEnv` driven by an ensemble
 response (anything with ``last_disagreement``, e.g. :class:`adrl.behavior.ensemble.EnsembleResponse`, which sets
 it on every ``probabilities`` call). Each step it reports the members' disagreement of the step's impressions in
 ``info["disagreement"]`` (``(num_envs,)``, 0 where no impression was scored) and returns
 
-    reward_t − λ · disagreement_t
+    reward_t − λ · disagreement_t − κ · u_t
 
 (Yu et al. 2020, MOPO: a policy trained on this penalised model maximises a lower bound of its true return when
-the disagreement bounds the model's error). λ = 0 leaves rewards unchanged and only reports the disagreement.
+the disagreement bounds the model's error). u_t is the count-based width of :mod:`adrl.behavior.support`,
+sqrt(Var[r] / (n + 1)) with n the logged impressions of the step's (binned state, delay, slot) cell, reported in
+``info["support_width"]`` and ``info["support_count"]`` when the ensemble carries its logs' support. Members
+fitted on the same logs share their bias where the logs are thin, so they need not disagree there; the count
+says so regardless. λ = κ = 0 leave rewards unchanged and only report.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from adrl.errors import ConfigError
 
 
 class PessimisticVectorEnv(VectorWrapper):
-    """Penalise each step's reward by ``penalty`` × the ensemble's disagreement; see the module docstring.
+    """Penalise each step's reward by λ × the ensemble's disagreement and κ × the support width (module docstring).
 
     Args:
         env: a native vector env whose ``unwrapped.response`` has ``last_disagreement`` (n,) after each call.
         penalty: λ >= 0 (None: the response's own ``penalty``, the default recorded in its artifact).
+        support_penalty: κ >= 0 (None: the response's own ``support_penalty``); κ > 0 needs a response with a
+            logged support (``last_support_width``).
     """
 
-    def __init__(self, env: VectorEnv, penalty: float | None = None) -> None:
+    def __init__(self, env: VectorEnv, penalty: float | None = None, support_penalty: float | None = None) -> None:
         super().__init__(env)
         response = getattr(env.unwrapped, "response", None)
         if response is None or not hasattr(response, "last_disagreement"):
@@ -41,6 +48,15 @@ class PessimisticVectorEnv(VectorWrapper):
         if not (lam >= 0 and np.isfinite(lam)):
             raise ConfigError(f"penalty must be a finite number >= 0, got {penalty!r}")
         self.penalty = lam
+        kappa = float(getattr(response, "support_penalty", 0.0) if support_penalty is None else support_penalty)
+        if not (kappa >= 0 and np.isfinite(kappa)):
+            raise ConfigError(f"support_penalty must be a finite number >= 0, got {support_penalty!r}")
+        self._has_support = getattr(response, "support", None) is not None
+        if kappa > 0 and not self._has_support:
+            raise ConfigError(
+                "support_penalty > 0 needs an ensemble that carries its logs' support (fit it with this adrl version)"
+            )
+        self.support_penalty = kappa
         self._response = response
         mode = env.unwrapped.metadata.get("autoreset_mode")
         self._next_step = getattr(mode, "value", mode) == AutoresetMode.NEXT_STEP.value
@@ -51,15 +67,28 @@ class PessimisticVectorEnv(VectorWrapper):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:  # type: ignore[override, unused-ignore]
-        self._response.last_disagreement = np.zeros(0)
+        r = self._response
+        r.last_disagreement = np.zeros(0)
+        r.last_support_width = np.zeros(0)
         obs, reward, terminated, truncated, info = self.env.step(actions)
-        d = np.asarray(self._response.last_disagreement, dtype=np.float64)
-        if d.shape != (self.num_envs,):  # no call this step (every slot was resetting)
-            d = np.zeros(self.num_envs)
         shown = np.asarray(info.get("shown", np.ones(self.num_envs, dtype=bool)), dtype=bool)
         valid = shown & ~self._pending if self._next_step else shown
-        d = np.where(valid, d, 0.0)
-        info = {**info, "disagreement": d, "_disagreement": np.ones(self.num_envs, dtype=bool)}
+        every = np.ones(self.num_envs, dtype=bool)
+        d = self._per_slot(r.last_disagreement, valid)
+        info = {**info, "disagreement": d, "_disagreement": every}
+        penalised = np.asarray(reward, dtype=np.float64) - self.penalty * d
+        if self._has_support:
+            u = self._per_slot(r.last_support_width, valid)
+            n = np.where(valid, self._per_slot(r.last_support_count, valid), 0).astype(np.int64)
+            info.update(support_width=u, _support_width=every, support_count=n, _support_count=every)
+            penalised -= self.support_penalty * u
         if self._next_step:
             self._pending = np.asarray(terminated | truncated, dtype=bool)
-        return obs, np.asarray(reward, dtype=np.float64) - self.penalty * d, terminated, truncated, info
+        return obs, penalised, terminated, truncated, info
+
+    def _per_slot(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The response's last per-impression values, 0 where no impression was scored (or no call this step)."""
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != (self.num_envs,):  # no call this step (every slot was resetting)
+            return np.zeros(self.num_envs)
+        return np.where(valid, v, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from adrl.agents.registry import load_policy_artifact
 from adrl.agents.rules import RulePolicy, tune_rules
 from adrl.behavior import FitConfig, fit_adrl
 from adrl.behavior.ensemble import EnsembleConfig, EnsembleResponse, fit_ensemble, is_ensemble
+from adrl.behavior.support import LoggedSupport
 from adrl.envs.pessimistic import PessimisticVectorEnv
 from adrl.envs.vector import AdPlacementVectorEnv
+from adrl.errors import ArtifactError, ConfigError
 from adrl.evaluation import episode_returns, evaluate_policy, simulator_score
 from adrl.features import FeatureLayout
 from adrl.logs import feature_columns, read_logs
@@ -91,6 +94,84 @@ def test_pessimistic_mode_lowers_returns_most_on_out_of_support_actions(ensemble
             means.append(total.mean())
         drop[name] = means[0] - means[1]  # same users and draws: only the penalty differs
     assert drop["on"] > 0 and drop["off"] > 2 * drop["on"]
+
+
+def test_logged_support_counts_every_shown_impression_and_is_widest_where_the_logs_are_silent(
+    ensemble: EnsembleResponse, logged: Path
+) -> None:
+    obs, action = _logged_obs(logged)
+    support = ensemble.support
+    assert support is not None and support.n_impressions == len(obs)  # fit_ensemble counts the fit's logs
+    on_n = support.count(obs, action)
+    off_action = action.copy()
+    off_action[:, 0], off_action[:, 1] = 1, 1  # delay 2 hours, popup: never logged
+    assert np.all(on_n >= 1) and np.all(support.count(obs, off_action) == 0)
+    fresh = LoggedSupport.from_logs(logged, tiny_scenario())  # the saved cells are the counted ones, in order
+    assert np.array_equal(fresh.count(obs, action), on_n) and np.array_equal(fresh.counts, support.counts)
+    mean = ensemble.member_probabilities(obs, action).mean(axis=0)
+    on_u, _ = support.width(obs, action, mean[0], mean[1])
+    off_mean = ensemble.member_probabilities(obs, off_action).mean(axis=0)
+    off_u, _ = support.width(obs, off_action, off_mean[0], off_mean[1])
+    assert np.all(on_u >= 0) and off_u.mean() > 3 * on_u.mean()
+
+
+def test_count_based_mode_lowers_returns_most_on_out_of_support_actions(ensemble: EnsembleResponse) -> None:
+    sc = tiny_scenario()
+    policies = {
+        "on": RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0),  # as logged
+        "off": RulePolicy(sc, timing="pacing", min_gap=2, slot=1),  # waits and uses the unlogged popup
+    }
+    drop = {}
+    for name, policy in policies.items():
+        means = []
+        for kappa in (0.0, 1.0):
+            env = PessimisticVectorEnv(AdPlacementVectorEnv(500, sc, ensemble), penalty=0.0, support_penalty=kappa)
+            assert env.support_penalty == kappa
+            obs, _ = env.reset(seed=7)
+            total, running = np.zeros(500), np.ones(500, dtype=bool)
+            while running.any():
+                obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
+                assert np.all(info["support_width"] >= 0) and info["support_count"].dtype == np.int64
+                total += np.where(running, reward, 0.0)
+                running &= ~(terminated | truncated)
+            means.append(total.mean())
+        drop[name] = means[0] - means[1]
+    assert drop["on"] >= 0 and drop["off"] > 3 * drop["on"]
+
+
+def test_count_based_mode_refuses_an_ensemble_without_support_and_a_corrupt_one(
+    ensemble: EnsembleResponse, tmp_path: Path
+) -> None:
+    sc = tiny_scenario()
+    with pytest.raises(ConfigError, match="support_penalty > 0 needs"):
+        EnsembleResponse(ensemble.members, sc, support_penalty=1.0)
+    bare = EnsembleResponse(ensemble.members, sc)
+    with pytest.raises(ConfigError, match="carries its logs' support"):
+        PessimisticVectorEnv(AdPlacementVectorEnv(4, sc, bare), support_penalty=0.5)
+    with pytest.raises(ConfigError, match="support_penalty must be"):
+        PessimisticVectorEnv(AdPlacementVectorEnv(4, sc, ensemble), support_penalty=-1.0)
+    ensemble.support_penalty = 0.5
+    path = ensemble.save(tmp_path / "ens")
+    ensemble.support_penalty = 0.0
+    assert EnsembleResponse.load(path, sc).support_penalty == 0.5  # the default travels with the artifact
+    manifest = json.loads((path / "ensemble.json").read_text())
+    (path / "ensemble.json").write_text(json.dumps({**manifest, "support": None}))
+    with pytest.raises(ArtifactError, match="has no 'support'"):
+        EnsembleResponse.load(path, sc)
+    (path / "ensemble.json").write_text(json.dumps({**manifest, "support": {"file": "../x.npy", "bins": []}}))
+    with pytest.raises(ArtifactError, match="'support' must be"):
+        EnsembleResponse.load(path, sc)
+    bins = manifest["support"]["bins"]
+    (path / "ensemble.json").write_text(json.dumps({**manifest, "support": {**manifest["support"], "bins": bins[:-1]}}))
+    with pytest.raises(ArtifactError, match="support counts must be"):  # a bin lost: the cells no longer fit
+        EnsembleResponse.load(path, sc)
+    (path / "ensemble.json").write_text(json.dumps(manifest))
+    np.save(path / "support.npy", np.zeros(7, dtype=np.int64))
+    with pytest.raises(ArtifactError, match="support counts must be"):
+        EnsembleResponse.load(path, sc)
+    (path / "support.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(ArtifactError, match=r"not a readable \.npy"):
+        EnsembleResponse.load(path, sc)
 
 
 def test_ppo_trains_on_the_batched_env_and_beats_random(tmp_path: Path) -> None:

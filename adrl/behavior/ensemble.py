@@ -34,6 +34,7 @@ import torch
 
 from adrl.behavior.model import BehaviorModel
 from adrl.behavior.response import LearnedResponse
+from adrl.behavior.support import LoggedSupport
 from adrl.behavior.training import (
     AdrlLogSource,
     Encoded,
@@ -71,6 +72,8 @@ class EnsembleConfig:
         prior_std: initial spread of each member's categorical embeddings (the base fit uses 0.05). Rows the logs
             never train (an unlogged slot or delay, say) keep their member's random start, so the members disagree
             there, as randomized prior functions do (Osband et al. 2018); trained rows move to what the data say.
+        support_penalty: κ of the count-based pessimistic mode (:mod:`adrl.behavior.support`; the logs' cell
+            counts are always saved, so a later run can set κ); written to the artifact as its default.
     """
 
     n_members: int = 3
@@ -78,6 +81,7 @@ class EnsembleConfig:
     penalty: float = 0.0
     leave_value: float = 1.0
     prior_std: float = 2.0
+    support_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.prior_std > 0 and np.isfinite(self.prior_std)):
@@ -90,6 +94,8 @@ class EnsembleConfig:
             raise ConfigError(f"penalty must be a finite number >= 0, got {self.penalty!r}")
         if not (self.leave_value >= 0 and np.isfinite(self.leave_value)):
             raise ConfigError(f"leave_value must be a finite number >= 0, got {self.leave_value!r}")
+        if not (self.support_penalty >= 0 and np.isfinite(self.support_penalty)):
+            raise ConfigError(f"support_penalty must be a finite number >= 0, got {self.support_penalty!r}")
 
 
 class EnsembleResponse:
@@ -101,6 +107,9 @@ class EnsembleResponse:
         penalty: λ of the pessimistic mode (read by :mod:`adrl.envs.pessimistic`).
         leave_value: reward units of one lost user in the disagreement.
         provenance: JSON-able notes saved with the artifact (e.g. how ``penalty`` was chosen).
+        support: the logged impressions per cell (:class:`~adrl.behavior.support.LoggedSupport`); with it each call
+            also sets ``last_support_width`` and ``last_support_count`` (n,).
+        support_penalty: κ of the count-based pessimistic mode (reward − κ · support width); needs ``support``.
     """
 
     def __init__(
@@ -111,6 +120,8 @@ class EnsembleResponse:
         penalty: float = 0.0,
         leave_value: float = 1.0,
         provenance: dict[str, Any] | None = None,
+        support: LoggedSupport | None = None,
+        support_penalty: float = 0.0,
     ) -> None:
         if len(members) < 1:
             raise ConfigError("an ensemble needs at least one member")
@@ -118,6 +129,12 @@ class EnsembleResponse:
             raise ConfigError(f"penalty must be a finite number >= 0, got {penalty!r}")
         if not (leave_value >= 0 and np.isfinite(leave_value)):
             raise ConfigError(f"leave_value must be a finite number >= 0, got {leave_value!r}")
+        if not (support_penalty >= 0 and np.isfinite(support_penalty)):
+            raise ConfigError(f"support_penalty must be a finite number >= 0, got {support_penalty!r}")
+        if support_penalty > 0 and support is None:
+            raise ConfigError(
+                "support_penalty > 0 needs the logged support (LoggedSupport.from_logs of the fit's logs)"
+            )
         self.responses = [LearnedResponse(m, scenario) for m in members]
         self.members = members
         self.scenario = scenario
@@ -128,6 +145,10 @@ class EnsembleResponse:
         self.provenance = dict(provenance or {})
         self._rewards = scenario.reward_table
         self.last_disagreement: np.ndarray = np.zeros(0)
+        self.support = support
+        self.support_penalty = float(support_penalty)
+        self.last_support_width: np.ndarray = np.zeros(0)
+        self.last_support_count: np.ndarray = np.zeros(0, dtype=np.int64)
 
     @property
     def n_members(self) -> int:
@@ -149,10 +170,13 @@ class EnsembleResponse:
         return reward.std(axis=0) + self.leave_value * probs[:, 2].std(axis=0)
 
     def probabilities_from_obs(self, obs: np.ndarray, action: np.ndarray) -> Response:
-        """Mean response for encoded observations and actions; sets ``last_disagreement`` (n,)."""
+        """Mean response for encoded observations and actions; sets ``last_disagreement`` (n,) (and, with a
+        support, ``last_support_width`` and ``last_support_count``)."""
         probs = self.member_probabilities(obs, action)
         self.last_disagreement = self.disagreement_of(probs, action)
         mean = probs.mean(axis=0)
+        if self.support is not None:
+            self.last_support_width, self.last_support_count = self.support.width(obs, action, mean[0], mean[1])
         return Response(p_click=mean[0], p_conversion=mean[1], p_leave=mean[2])
 
     def probabilities(self, batch: UserBatch, action: np.ndarray) -> Response:
@@ -185,6 +209,8 @@ class EnsembleResponse:
                 "scenario_hash": self.scenario.content_hash,
                 "scenario": self.scenario.model_dump(mode="json"),
                 "provenance": self.provenance,
+                "support": None if self.support is None else self.support.save(path),
+                "support_penalty": self.support_penalty,
             },
         )
         return path
@@ -212,7 +238,15 @@ class EnsembleResponse:
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{src}: 'penalty' and 'leave_value' must be numbers ({e!r})") from e
         provenance = manifest.get("provenance") if isinstance(manifest.get("provenance"), dict) else {}
-        return cls(members, scenario, penalty=penalty, leave_value=leave_value, provenance=provenance)
+        entry = manifest.get("support")  # absent in ensembles saved before the count-based mode: no support
+        support = None if entry is None else LoggedSupport.load(path, entry, scenario)
+        kappa = manifest.get("support_penalty", 0.0)
+        if not isinstance(kappa, int | float) or isinstance(kappa, bool) or not (kappa >= 0 and np.isfinite(kappa)):
+            raise ArtifactError(f"{src}: 'support_penalty' must be a finite number >= 0, got {kappa!r}")
+        if kappa > 0 and support is None:
+            raise ArtifactError(f"{src}: 'support_penalty' is {kappa} but the ensemble has no 'support'")
+        return cls(members, scenario, penalty=penalty, leave_value=leave_value, provenance=provenance,
+                   support=support, support_penalty=float(kappa))  # fmt: skip
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------------
@@ -301,4 +335,6 @@ def fit_ensemble(
         )
     notes = {"fit_seconds": round(time.perf_counter() - start, 2), "members_epochs": ens.epochs,
              "base_included": base is not None, **(provenance or {})}  # fmt: skip
-    return EnsembleResponse(members, scenario, penalty=ens.penalty, leave_value=ens.leave_value, provenance=notes)
+    support = LoggedSupport.from_logs(logs, scenario)
+    return EnsembleResponse(members, scenario, penalty=ens.penalty, leave_value=ens.leave_value, provenance=notes,
+                            support=support, support_penalty=ens.support_penalty)  # fmt: skip
