@@ -73,7 +73,9 @@ def test_disagreement_is_larger_off_the_logged_support(ensemble: EnsembleRespons
     assert spread_off > 1.5 * spread_on
 
 
-def test_pessimistic_mode_lowers_returns_most_on_out_of_support_actions(ensemble: EnsembleResponse) -> None:
+def _penalty_drops(ensemble: EnsembleResponse, **penalised: float) -> dict[str, float]:
+    """Mean return without penalty minus with ``penalised`` (PessimisticVectorEnv's weights), for a policy that
+    acts as logged ("on") and one that waits and uses the unlogged popup ("off"); same users and draws."""
     sc = tiny_scenario()
     policies = {
         "on": RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0),  # as logged
@@ -82,17 +84,27 @@ def test_pessimistic_mode_lowers_returns_most_on_out_of_support_actions(ensemble
     drop = {}
     for name, policy in policies.items():
         means = []
-        for lam in (0.0, 1.0):
-            env = PessimisticVectorEnv(AdPlacementVectorEnv(500, sc, ensemble), penalty=lam)
+        for weights in (
+            {"penalty": 0.0, "support_penalty": 0.0},
+            {"penalty": 0.0, "support_penalty": 0.0, **penalised},
+        ):
+            env = PessimisticVectorEnv(AdPlacementVectorEnv(500, sc, ensemble), **weights)
+            assert (env.penalty, env.support_penalty) == (weights["penalty"], weights["support_penalty"])
             obs, _ = env.reset(seed=7)
             total, running = np.zeros(500), np.ones(500, dtype=bool)
             while running.any():
                 obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
                 assert info["disagreement"].shape == (500,) and np.all(info["disagreement"] >= 0)
+                assert np.all(info["support_width"] >= 0) and info["support_count"].dtype == np.int64
                 total += np.where(running, reward, 0.0)
                 running &= ~(terminated | truncated)
             means.append(total.mean())
-        drop[name] = means[0] - means[1]  # same users and draws: only the penalty differs
+        drop[name] = means[0] - means[1]  # only the penalty differs
+    return drop
+
+
+def test_pessimistic_mode_lowers_returns_most_on_out_of_support_actions(ensemble: EnsembleResponse) -> None:
+    drop = _penalty_drops(ensemble, penalty=1.0)
     assert drop["on"] > 0 and drop["off"] > 2 * drop["on"]
 
 
@@ -116,26 +128,7 @@ def test_logged_support_counts_every_shown_impression_and_is_widest_where_the_lo
 
 
 def test_count_based_mode_lowers_returns_most_on_out_of_support_actions(ensemble: EnsembleResponse) -> None:
-    sc = tiny_scenario()
-    policies = {
-        "on": RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0),  # as logged
-        "off": RulePolicy(sc, timing="pacing", min_gap=2, slot=1),  # waits and uses the unlogged popup
-    }
-    drop = {}
-    for name, policy in policies.items():
-        means = []
-        for kappa in (0.0, 1.0):
-            env = PessimisticVectorEnv(AdPlacementVectorEnv(500, sc, ensemble), penalty=0.0, support_penalty=kappa)
-            assert env.support_penalty == kappa
-            obs, _ = env.reset(seed=7)
-            total, running = np.zeros(500), np.ones(500, dtype=bool)
-            while running.any():
-                obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
-                assert np.all(info["support_width"] >= 0) and info["support_count"].dtype == np.int64
-                total += np.where(running, reward, 0.0)
-                running &= ~(terminated | truncated)
-            means.append(total.mean())
-        drop[name] = means[0] - means[1]
+    drop = _penalty_drops(ensemble, support_penalty=1.0)
     assert drop["on"] >= 0 and drop["off"] > 3 * drop["on"]
 
 
