@@ -108,11 +108,14 @@ def evaluate_policy(
     deterministic: bool = True,
     name: str = "policy",
     batch_size: int = 65_536,
+    pessimistic: bool = False,
 ) -> Evaluation:
     """Run ``n_episodes`` user-days of ``policy`` in ``scenario`` (ground truth when ``response`` is None).
 
     ``policy`` follows the Policy protocol (``predict(obs, deterministic=...)``). Users come from ``seed`` (the same
-    for every policy); outcome draws from a stream spawned from it.
+    for every policy); outcome draws from a stream spawned from it. ``pessimistic``: the return is the objective a
+    behavior ensemble's pessimistic mode trains on (each impression's reward − λ · disagreement − κ · support width,
+    with the ensemble's own λ and κ; :mod:`adrl.envs.pessimistic`); other figures are unchanged.
     """
     if not 2 <= n_episodes <= MAX_EPISODES:
         raise ConfigError(
@@ -120,6 +123,7 @@ def evaluate_policy(
             f"user-day's outcomes are held in memory), got {n_episodes:,}"
         )
     world = World(scenario)
+    penalties = _penalties(response) if pessimistic else None
     layout = FeatureLayout.from_scenario(scenario)
     rewards = scenario.reward_table
     n_slots, n_cr, n_d = scenario.n_slots, scenario.n_creatives, scenario.n_delays
@@ -147,7 +151,7 @@ def evaluate_policy(
             action = world.check_actions(policy.predict(obs, deterministic=deterministic))
             decision_hour = obs[:, layout.index("hour")].astype(np.int64)
             res = world.step(batch, action, outcome_rng, response)
-            ret[active] += res.reward
+            ret[active] += res.reward if penalties is None else res.reward - np.where(res.shown, penalties(), 0.0)
             imps[active] += res.shown
             clicks[active] += res.click
             convs[active] += res.conversion
@@ -178,6 +182,22 @@ def evaluate_policy(
     )
 
 
+def _penalties(response: Any) -> Callable[[], np.ndarray] | None:
+    """``() -> (n,)`` λ · disagreement + κ · support width of the response's last call; None when both are 0."""
+    lam = float(getattr(response, "penalty", 0.0) or 0.0)
+    kappa = float(getattr(response, "support_penalty", 0.0) or 0.0)
+    if lam == 0 and kappa == 0:
+        return None
+
+    def last() -> np.ndarray:
+        p = lam * np.asarray(response.last_disagreement, dtype=np.float64)
+        if kappa:
+            p = p + kappa * np.asarray(response.last_support_width, dtype=np.float64)
+        return p
+
+    return last
+
+
 def evaluate_policies(
     policies: dict[str, Any],
     scenario: Scenario,
@@ -186,15 +206,18 @@ def evaluate_policies(
     seed: int,
     response: ResponseModel | None = None,
     progress: bool = False,
+    pessimistic: bool = False,
 ) -> list[Evaluation]:
-    """Evaluate each named policy on the same users; returns one ``Evaluation`` per policy, in order."""
+    """Evaluate each named policy on the same users; returns one ``Evaluation`` per policy, in order
+    (``pessimistic``: see :func:`evaluate_policy`)."""
     out = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(policies))
         for name, policy in policies.items():
             out.append(
-                evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response, name=name)
-            )
+                evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response, name=name,
+                                pessimistic=pessimistic)
+            )  # fmt: skip
             bar.advance(task)
     return out
 
@@ -295,13 +318,15 @@ def choose_pacing_gap(
 
 
 def simulator_score(
-    scenario: Scenario, response: Any = None, *, seed: int = 0, n_episodes: int = 4000
+    scenario: Scenario, response: Any = None, *, seed: int = 0, n_episodes: int = 4000, pessimistic: bool = True
 ) -> Callable[[Any], float]:
     """``policy -> mean return per user-day`` in ``response`` (None: the ground truth) on the same ``n_episodes``
-    users of ``seed``: what rules are tuned by, on the simulator a run is for."""
+    users of ``seed``: what rules are tuned by, on the simulator a run is for. ``pessimistic``: the objective agents
+    train on there (an ensemble's pessimistic mode, its own λ and κ), so rules are tuned the way agents are."""
 
     def score(policy: Any) -> float:
-        evaluation = evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response)
+        evaluation = evaluate_policy(policy, scenario, n_episodes=n_episodes, seed=seed, response=response,
+                                     pessimistic=pessimistic)  # fmt: skip
         return evaluation.overall.mean_return
 
     return score

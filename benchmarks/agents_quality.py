@@ -10,9 +10,11 @@ and the oracle planner (benchmarks/oracle.py, on ``--oracle-users`` of the same 
 ``fraction_of_oracle``; and with ``--learned DIR`` (a quickstart output of that seed: ``DIR`` may hold ``{seed}``),
 each agent trained again on its learned simulators: ``plain`` (the main model, ``DIR/behavior``), ``bagged`` (the
 mean of the main model and the bootstrap members, ``DIR/simulator``, what the main job trains on) and
-``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement, the MOPO mode), each with the
-ground-truth return, the return inside the simulator it was trained on (``sim_return``; optimism = sim / truth
-− 1), ``sim_to_real`` = its ground-truth return over the one of the same agent trained on the ground truth, and
+``bagged_pessimistic`` (the same with reward − ``--penalty`` · disagreement, the MOPO mode) and ``bagged_support``
+(reward − ``--support-penalty`` · the logged support's width, the count-based mode), each with the ground-truth
+return, the return inside the simulator it was trained on (``sim_return``; optimism = sim / truth − 1; for the
+pessimistic modes also ``penalised_sim_return``, the objective it trained on, and its ``penalised_optimism``),
+``sim_to_real`` = its ground-truth return over the one of the same agent trained on the ground truth, and
 ``predicted_over_true_on_truth``: the simulator's mean pCTR, pCTCVR, pLeave and immediate reward over the truth's on
 the agent's own ground-truth trajectories (``adrl.fidelity``, ``rollouts="ground-truth"``), where its optimism
 comes from.
@@ -35,7 +37,7 @@ from adrl.scenario import Scenario
 from adrl.training import train_run
 
 GROUND_TRUTH = "adrl/AdPlacement-v0"
-MODES = ("plain", "bagged", "bagged_pessimistic")  # the learned simulators of --learned
+MODES = ("plain", "bagged", "bagged_pessimistic", "bagged_support")  # the learned simulators of --learned
 
 
 def main() -> None:
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--oracle-users", type=int, default=1000, help="0: no oracle")
     ap.add_argument("--learned", default=None, help="quickstart dir of each seed, e.g. /tmp/qs{seed}")
     ap.add_argument("--penalty", type=float, default=0.25, help="lambda of the bagged_pessimistic mode")
+    ap.add_argument("--support-penalty", type=float, default=0.05, help="kappa of the bagged_support mode")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = ap.parse_args()
     sc = Scenario()
@@ -134,8 +137,11 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
     sims = {"plain": qs / "behavior", "bagged": qs / "simulator"}
     if (qs / "simulator").exists():
         bagged = EnsembleResponse.load(qs / "simulator", sc)
-        bagged.penalty = args.penalty
+        bagged.penalty, bagged.support_penalty = args.penalty, 0.0
         sims["bagged_pessimistic"] = bagged.save(tmp / f"bagged-pessimistic-{seed}")
+        if bagged.support is not None:  # ensembles saved before the count-based mode have none
+            bagged.penalty, bagged.support_penalty = 0.0, args.support_penalty
+            sims["bagged_support"] = bagged.save(tmp / f"bagged-support-{seed}")
     for mode in args.modes:
         sim = sims.get(mode)
         if sim is None or not sim.exists():
@@ -150,17 +156,27 @@ def _learned_runs(qs: Path, args: Any, seed: int, tmp: Path, row: dict[str, Any]
             inside = evaluate_policies({agent: policy}, sc, n_episodes=args.episodes, seed=100 + seed,
                                        response=response)[0].overall  # fmt: skip
             on_truth = row["policies"][agent]["mean_return"]
+            penalised: dict[str, float] = {}
+            if getattr(response, "penalty", 0.0) or getattr(response, "support_penalty", 0.0):
+                p = evaluate_policies({agent: policy}, sc, n_episodes=args.episodes, seed=100 + seed,
+                                      response=response, pessimistic=True)[0].overall.mean_return  # fmt: skip
+                penalised = {
+                    "penalised_sim_return": round(p, 5),
+                    "penalised_optimism": round(p / truth.mean_return - 1, 4),
+                }
             # the simulator's calibration on the states the agent really reaches: the source of its optimism
             fid = rollout_fidelity(policy, response, n_envs=2048, n_steps=48, seed=100 + seed,
                                    deterministic=False, rollouts="ground-truth").overall  # fmt: skip
             calibration = {q: round(fid[q]["ratio"], 4) for q in QUANTITIES}
             out[f"{agent}/{mode}"] = {
                 "penalty": float(getattr(response, "penalty", 0.0)),
+                "support_penalty": float(getattr(response, "support_penalty", 0.0)),
                 "mean_return": round(truth.mean_return, 5),
                 "ci95": [round(truth.ci_low, 5), round(truth.ci_high, 5)],
                 "churn_rate": round(truth.churn_rate, 4),
                 "sim_return": round(inside.mean_return, 5),
                 "optimism": round(inside.mean_return / truth.mean_return - 1, 4),
+                **penalised,
                 "sim_to_real": round(truth.mean_return / on_truth, 4),
                 "predicted_over_true_on_truth": calibration,
                 **({"fraction_of_oracle": round(truth.mean_return / row["oracle"]["mean_return"], 4)}

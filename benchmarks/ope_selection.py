@@ -12,8 +12,9 @@ Loggers: ``quickstart`` (ε-greedy around greedy, ε = 0.3 per component, the qu
 3-hour pacing rule takes; every action keeps some probability).
 
 For each draw the model-based estimators use ``--members`` behavior models fitted on bootstrap resamples of that
-draw's user-days (``--fit-epochs`` each), calibrated in the large on that draw's logs; they run in one call per
-policy (they share the simulator's Q̂ / V̂ and state ratios), so ``seconds_per_policy`` is the group's.
+draw's user-days (``--fit-epochs`` each, ``--inputs`` decision or impression), calibrated in the large on that
+draw's logs; they run in one call per policy (they share the simulator's Q̂ / V̂ and state ratios), so
+``seconds_per_policy`` is the group's.
 ``per-decision-dr`` is the one-step DR estimate ranked as a stand-in.
 
 Each finished draw is appended to ``<workdir>/draws-<logger>-<users>-<settings>.jsonl``; a run stopped part way
@@ -179,6 +180,12 @@ def main() -> None:
     ap.add_argument("--logger", default="quickstart,softmax-pacing")
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--fit-epochs", type=int, default=4)
+    ap.add_argument(
+        "--inputs",
+        choices=("decision", "impression"),
+        default="decision",
+        help="the members' inputs (adrl.behavior.inputs): every input, or the state at the impression",
+    )
     ap.add_argument("--max-starts", type=int, default=20_000, help="logged starts the model-based estimate uses")
     ap.add_argument("--max-episodes", type=int, default=4_000, help="episodes for model-WDR / MAGIC / MIS / MDR")
     ap.add_argument("--estimators", default=",".join(RETURN_ESTIMATORS))
@@ -214,6 +221,8 @@ def main() -> None:
     # an interrupted --draws 20 run
     settings = [args.members, args.fit_epochs, args.max_starts, args.max_episodes, estimators,
                 args.eval_episodes, args.n_boot, args.seed, sorted(zoo)]  # fmt: skip
+    if args.inputs != "decision":  # journals of the default keep the key they had before the option
+        settings.append(args.inputs)
     config_key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
     results: dict[str, Any] = {}
     seeds = np.random.SeedSequence(args.seed).spawn(args.draws)
@@ -238,7 +247,8 @@ def main() -> None:
                     simulate(sc, n_users=n_users, out=logs, logging_policy=logger, seed=draw_seed, progress=False)
                     t = time.perf_counter()
                     members = fit_bootstrap_members(logs, sc, Path(tmp) / "members", n_members=args.members,
-                                                    seed=draw_seed, epochs=args.fit_epochs)  # fmt: skip
+                                                    seed=draw_seed, epochs=args.fit_epochs,
+                                                    impression_inputs=args.inputs == "impression")  # fmt: skip
                     fit_seconds = time.perf_counter() - t
                     sim = Simulators(World(sc), calibrate_members(load_members(members, sc), logs, layout))
                     data = read_adrl_logs(logs, layout)

@@ -22,6 +22,7 @@ from adrl.behavior import (
     LearnedResponse,
     fit_adrl,
 )
+from adrl.behavior.inputs import decision_time_inputs
 from adrl.behavior.metrics import auc, expected_calibration_error, head_metrics
 from adrl.behavior.training import AdrlLogSource, unit_hash
 from adrl.cli import app
@@ -134,6 +135,48 @@ def test_fast_path_matches_the_torch_network(report: FitReport, logged: tuple[np
     for got, want in zip(fast, (p[:, 0], p[:, 0] * p[:, 1], p[:, 2]), strict=True):
         assert got.dtype == np.float32 and got.shape == (len(cat),)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_an_impression_time_model_reads_the_state_at_the_impression_not_the_decision(
+    report: FitReport, log_path: Path, logged: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    layout = FeatureLayout.from_scenario(Scenario())
+    obs, action = logged
+    model = fit_adrl(log_path, cfg=FitConfig(epochs=1, baselines=False, impression_inputs=True),
+                     progress=False).model  # fmt: skip
+    cat, dense = model.encoder.encode(obs, action) if model.encoder is not None else (None, None)
+    assert cat is not None and dense is not None
+    with torch.no_grad():  # the folded fast path holds the same inputs at 0
+        p = torch.sigmoid(model.net(torch.from_numpy(cat), torch.from_numpy(dense))).numpy()
+    np.testing.assert_allclose(model.predict(obs, action)[0], p[:, 0], rtol=1e-4, atol=1e-6)
+    assert model.encoder is not None and set(model.spec.unused) == set(decision_time_inputs(layout))
+    assert np.all(model.encoder.encode(obs, action)[0][:, model.spec.cat_index("delay")] == 0)
+    clock = obs.copy()  # another decision-time clock, the same impression (its hour is the categorical "hour")
+    for name in ("hour_sin", "hour_cos", "day_progress"):
+        clock[:, layout.index(name)] = -clock[:, layout.index(name)] + 0.3
+    for a, b in zip(model.predict(obs, action), model.predict(clock, action), strict=True):
+        np.testing.assert_array_equal(a, b)
+    everything = report.model  # the default reads every input
+    assert everything.spec.unused == ()
+    assert not np.allclose(everything.predict(obs, action)[0], everything.predict(clock, action)[0])
+    path = everything.save(tmp_path / "everything")
+    manifest = json.loads((path / "model.json").read_text())
+    del manifest["inputs"]["unused"]  # as written before the option existed: every input is read
+    (path / "model.json").write_text(json.dumps(manifest))
+    for a, b in zip(everything.predict(obs, action), BehaviorModel.load(path).predict(obs, action), strict=True):
+        np.testing.assert_array_equal(a, b)
+    manifest["inputs"]["unused"] = ["delay", "no_such_input"]
+    (path / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="'unused' names \\['no_such_input'\\]"):
+        BehaviorModel.load(path)
+    manifest["inputs"]["unused"] = ["creative"]  # a categorical the model cannot do without
+    (path / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="only 'delay' and dense inputs"):
+        BehaviorModel.load(path)
+    loaded = BehaviorModel.load(model.save(tmp_path / "impression"))
+    assert loaded.spec.unused == model.spec.unused
+    for a, b in zip(model.predict(obs, action), loaded.predict(obs, action), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_model_without_the_wide_part_still_loads_and_a_bad_flag_is_refused(
@@ -323,6 +366,13 @@ def test_cli_fits_and_prints_the_metrics_table(log_path: Path, tmp_path: Path) -
     assert "AUC" in result.output and "ECE" in result.output and "behavior" in result.output
     assert (out / "model.json").is_file() and (out / "weights.safetensors").is_file()
     assert LearnedResponse.load(out).model.enabled_heads == {"click": True, "conversion": True, "leave": True}
+    assert BehaviorModel.load(out).spec.unused == ()
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "at-impression"), "--inputs", "impression"])
+    assert result.exit_code == 0, result.output
+    layout = FeatureLayout.from_scenario(Scenario())
+    assert BehaviorModel.load(tmp_path / "at-impression").spec.unused == decision_time_inputs(layout)
+    result = CliRunner().invoke(app, ["fit", "--format", "obd", "--logs", str(tmp_path), "--inputs", "impression"])
+    assert result.exit_code != 0 and "--inputs applies to adrl logs only" in result.output
 
 
 def test_cli_errors_exit_non_zero_with_the_message(tmp_path: Path) -> None:

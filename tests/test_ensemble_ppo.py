@@ -132,6 +132,29 @@ def test_count_based_mode_lowers_returns_most_on_out_of_support_actions(ensemble
     assert drop["on"] >= 0 and drop["off"] > 3 * drop["on"]
 
 
+def test_evaluation_scores_the_objective_agents_train_on_and_rules_are_tuned_by_it(
+    ensemble: EnsembleResponse,
+) -> None:
+    sc = tiny_scenario()
+    counted = EnsembleResponse(ensemble.members, sc, support=ensemble.support, support_penalty=1.0)
+    off = RulePolicy(sc, timing="pacing", min_gap=2, slot=1)  # waits and uses the unlogged popup
+    on = RulePolicy(sc, timing="frequency-cap", cap=99, window=24, slot=0)  # as logged
+    runs = {}
+    for name, policy in (("on", on), ("off", off)):
+        raw = evaluate_policy(policy, sc, n_episodes=400, seed=5, response=counted)
+        pess = evaluate_policy(policy, sc, n_episodes=400, seed=5, response=counted, pessimistic=True)
+        # the same users and outcomes: only the return is the penalised objective
+        assert pess.overall.impressions_per_user == raw.overall.impressions_per_user
+        assert pess.overall.churn_rate == raw.overall.churn_rate
+        runs[name] = raw.overall.mean_return - pess.overall.mean_return
+        score = simulator_score(sc, counted, seed=5, n_episodes=400)  # pessimistic by default, as agents train
+        assert score(policy) == pytest.approx(pess.overall.mean_return)
+        unpenalised = EnsembleResponse(ensemble.members, sc, support=ensemble.support)  # κ = 0: nothing to subtract
+        plain = evaluate_policy(policy, sc, n_episodes=400, seed=5, response=unpenalised, pessimistic=True)
+        assert plain.overall.mean_return == pytest.approx(raw.overall.mean_return)
+    assert runs["on"] > 0 and runs["off"] > 3 * runs["on"]
+
+
 def test_count_based_mode_refuses_an_ensemble_without_support_and_a_corrupt_one(
     ensemble: EnsembleResponse, tmp_path: Path
 ) -> None:

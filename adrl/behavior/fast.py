@@ -53,6 +53,7 @@ class FastPredictor:
         self.n_creatives, self.n_slots, self.n_delays = len(layout.creatives), len(layout.slots), len(layout.delays)
         self.category_of = encoder.category_of
         self.raw_caps = encoder.raw_caps  # upper bounds of x's columns (count inputs capped at the logged range)
+        self.unused_raw, self.delay_unused = encoder.unused_raw, encoder.delay_unused
         self.delay_hours = np.asarray(layout.delays, dtype=np.float32)
         self.hour_col = layout.index("hour")
         self.since_col = layout.index("hours_since_last_ad")
@@ -132,6 +133,9 @@ class FastPredictor:
         x[:, self.obs_dim + 3 :] = obs[:, self.exposure_cols] * self.exposure_decay[d][:, None]  # as encode_actions
         if self.raw_caps is not None:
             np.minimum(x, self.raw_caps, out=x)
+        x[:, self.unused_raw] = 0.0  # inputs the model does not read (held at 0 in training too)
+        if self.delay_unused:
+            d = np.zeros_like(d)
         hour = (obs[:, self.hour_col] + delay_hours).astype(np.intp) % HOURS_PER_DAY
         with self._blas_limit():
             h = x @ self.w_full

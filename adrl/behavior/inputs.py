@@ -9,12 +9,21 @@ Count inputs (clicks and conversions today, impression windows, per-slot and per
 creative was seen) are capped at the range the training logs cover (:func:`count_caps`, stored in ``model.json``):
 a state past the logged range is encoded like the edge of that range, so the network never extrapolates a count it
 was not trained on (a policy that steers users into such states cannot make the learned simulator run away).
+
+An impression-time model (``FitConfig(impression_inputs=True)``, ``adrl fit --inputs impression``) reads the
+user's state at the impression, not at the decision: the inputs that the impression-time ones supersede
+(:func:`decision_time_inputs`: the delay's id, the decision hour's clock features, hours since the last ad and the
+undecayed exposure) are held at 0 (``InputSpec.unused``). Waiting then acts only through the state it leads to
+(impression hour, decayed exposure, hours since the last ad at the impression): with the delay's id the network
+can fit each delay its own correction on the few logged delayed impressions and carry it to states where the
+logger never waited. On a fixed PPO's ground-truth trajectories the main model's expected reward over the truth
+fell from 2.12, 1.29, 1.26 to 1.76, 1.11, 1.07 (quickstart seeds 0, 1, 2; issue 16's report).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +36,13 @@ HEADS = ("click", "conversion", "leave")  # conversion is over all impressions: 
 
 # observation columns that enter as embeddings (not dense); the decision hour is replaced by the impression hour
 _OBS_CATEGORICAL = ("segment", "hour")
+
+
+def decision_time_inputs(layout: FeatureLayout) -> tuple[str, ...]:
+    """Inputs an impression-time model does not read: the delay's id (categorical) and the observation's
+    decision-time clock, recency and exposure features, which the action's impression-time features supersede."""
+    exposure = tuple(layout.obs_names[i] for i in layout.exposure_cols)
+    return ("delay", "hour_sin", "hour_cos", "day_progress", "hours_since_last_ad", *exposure)
 
 
 def action_dense(layout: FeatureLayout) -> tuple[str, ...]:
@@ -44,6 +60,7 @@ class InputSpec:
         fm_user: categorical fields summed into the user vector.
         fm_user_dense: dense fields projected (linearly) into the user vector.
         fm_item: categorical fields summed into the item vector.
+        unused: inputs held at 0 (categorical or dense names): what an impression-time model does not read.
     """
 
     categorical: tuple[tuple[str, int], ...]
@@ -51,6 +68,7 @@ class InputSpec:
     fm_user: tuple[str, ...]
     fm_user_dense: tuple[str, ...]
     fm_item: tuple[str, ...]
+    unused: tuple[str, ...] = ()
 
     @property
     def cat_names(self) -> tuple[str, ...]:
@@ -73,6 +91,7 @@ class InputSpec:
             "fm_user": list(self.fm_user),
             "fm_user_dense": list(self.fm_user_dense),
             "fm_item": list(self.fm_item),
+            "unused": list(self.unused),
         }
 
     @classmethod
@@ -84,6 +103,7 @@ class InputSpec:
                 fm_user=tuple(str(n) for n in d["fm_user"]),
                 fm_user_dense=tuple(str(n) for n in d["fm_user_dense"]),
                 fm_item=tuple(str(n) for n in d["fm_item"]),
+                unused=tuple(str(n) for n in d.get("unused", [])),  # models saved before it read every input
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{source}: 'inputs' is malformed ({e!r}); was the file edited by hand?") from e
@@ -91,6 +111,9 @@ class InputSpec:
         unknown |= set(spec.fm_user_dense) - set(spec.dense)
         if unknown:
             raise ArtifactError(f"{source}: factorization fields {sorted(unknown)} are not model inputs")
+        stray = set(spec.unused) - set(spec.cat_names) - set(spec.dense)
+        if stray:
+            raise ArtifactError(f"{source}: 'unused' names {sorted(stray)}, which are not model inputs")
         return spec
 
 
@@ -136,10 +159,17 @@ class AdrlEncoder:
     times-seen, hours-since-last-ad at the impression, and the signal of the creative's category.
 
     ``caps`` (feature name -> upper bound; count features of the observation and ``times_seen``) clips those
-    inputs, in training and at inference alike.
+    inputs, in training and at inference alike. ``unused`` (e.g. :func:`decision_time_inputs`) are held at 0.
     """
 
-    def __init__(self, layout: FeatureLayout, category_of: np.ndarray, caps: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        category_of: np.ndarray,
+        caps: Mapping[str, float] | None = None,
+        *,
+        unused: Iterable[str] = (),
+    ) -> None:
         self.layout = layout
         self.category_of = np.asarray(category_of, dtype=np.int64)
         if self.category_of.shape != (len(layout.creatives),):
@@ -166,6 +196,16 @@ class AdrlEncoder:
             fm_user_dense=self.signal_names,
             fm_item=("creative", "category"),
         )
+        self.unused = tuple(unused)
+        allowed = ("delay", *self.spec.dense)
+        bad = [n for n in self.unused if n not in allowed]
+        if bad:
+            raise ArtifactError(f"unused inputs {bad}: only 'delay' and dense inputs {list(self.spec.dense)} can be")
+        self.spec = replace(self.spec, unused=self.unused)
+        self.delay_unused = "delay" in self.unused
+        self.unused_dense = np.array([self.spec.dense_index(n) for n in self.unused if n != "delay"], dtype=np.intp)
+        # raw input columns ([observation, action_dense]) behind them, for the folded predictor
+        self.unused_raw = self._raw_dense_cols()[self.unused_dense]
         self.nvec = np.array([len(layout.delays), len(layout.slots), len(layout.creatives)], dtype=np.int64)
         self.caps = self._check_caps(caps or {})
         # upper bounds of the raw inputs [observation columns, then action_dense], None when nothing is capped
@@ -227,8 +267,9 @@ class AdrlEncoder:
         cat[:, 2] = self.category_of[action[:, 2]]
         cat[:, 3] = action[:, 1]
         cat[:, 4] = act[:, names.index("impression_hour")]
-        cat[:, 5] = action[:, 0]
+        cat[:, 5] = 0 if self.delay_unused else action[:, 0]
         dense = np.concatenate([obs[:, self.obs_dense_cols], act[:, self.action_dense_cols]], axis=1)
         if self.dense_caps is not None:
             np.minimum(dense, self.dense_caps, out=dense)
+        dense[:, self.unused_dense] = 0.0
         return cat, dense.astype(np.float32, copy=False)

@@ -115,7 +115,7 @@ class BehaviorModel:
         if data_format == "adrl":
             if layout is None or category_of is None:
                 raise ValueError("an adrl-format model needs its feature layout and the creative -> category map")
-            self.encoder = AdrlEncoder(layout, category_of, input_caps)
+            self.encoder = AdrlEncoder(layout, category_of, input_caps, unused=net.spec.unused)
         elif input_caps:
             raise ValueError("input caps apply to adrl-format models only")
         self._fast: FastPredictor | None = None
@@ -270,7 +270,11 @@ class BehaviorModel:
             category_of = np.asarray(_field(manifest, "category_of", list, src), dtype=np.int64)
             if version >= 2:
                 input_caps = _field(manifest, "input_caps", dict, src)
-            if AdrlEncoder(stored_layout, category_of).spec != spec:
+            try:
+                stored_spec = AdrlEncoder(stored_layout, category_of, unused=spec.unused).spec
+            except ArtifactError as e:
+                raise ArtifactError(f"{src}: {e}") from e
+            if stored_spec != spec:
                 raise ArtifactError(f"{src}: 'inputs' do not match what the stored layout encodes")
         if layout is not None and (stored_layout is None or stored_layout.hash != layout.hash):
             got = stored_layout.hash if stored_layout is not None else f"none ({fmt} data)"

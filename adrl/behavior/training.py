@@ -30,7 +30,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec, count_caps
+from adrl.behavior.inputs import HEADS, AdrlEncoder, InputSpec, count_caps, decision_time_inputs
 from adrl.behavior.metrics import HeadMetrics, head_metrics
 from adrl.behavior.model import BehaviorModel
 from adrl.behavior.net import BehaviorNet, multitask_loss
@@ -81,6 +81,12 @@ class FitConfig:
     # count features are capped at this quantile of the training rows (adrl logs; None: no caps), so the model
     # never extrapolates a count past what the logs cover (see adrl.behavior.inputs.count_caps)
     input_cap_quantile: float | None = 0.999
+    # True: read the user's state at the impression only; the decision-time inputs the impression-time ones
+    # supersede (delay id, decision clock, recency, undecayed exposure) are held at 0, so waiting acts through the
+    # state it leads to (adrl.behavior.inputs). Off by default: on quickstart seeds 0-2 it cut the main model's
+    # optimism on a fixed PPO's ground-truth trajectories (expected reward 2.12, 1.29, 1.26 x the truth -> 1.76,
+    # 1.11, 1.07), but PPO trained on it earned 0.568, 0.462, 0.490 against 0.538, 0.483, 0.564 (issue 16's report)
+    impression_inputs: bool = False
     # validation, early stopping and the saved model use an exponential moving average of the weights over about
     # this many epochs (None: the raw weights): it averages out the noise of the last minibatch steps
     ema_epochs: float | None = 2.5
@@ -235,7 +241,8 @@ class AdrlLogSource:
         self.path, self.scenario, self.cfg = Path(path), scenario, cfg
         self.layout = FeatureLayout.from_scenario(scenario)
         self.category_of = np.array([scenario.categories.index(c.category) for c in scenario.creatives])
-        self.encoder = AdrlEncoder(self.layout, self.category_of)
+        self.unused = decision_time_inputs(self.layout) if cfg.impression_inputs else ()
+        self.encoder = AdrlEncoder(self.layout, self.category_of, unused=self.unused)
         truth = True
         for f in log_files(self.path):
             try:
@@ -266,7 +273,7 @@ class AdrlLogSource:
     def cap_inputs(self, quantile: float) -> dict[str, float]:
         """Set the encoder's count caps to ``quantile`` of the training rows (one extra pass) and return them."""
         caps = count_caps(self.layout, self.category_of, self.training_rows(), quantile)
-        self.encoder = AdrlEncoder(self.layout, self.category_of, caps)
+        self.encoder = AdrlEncoder(self.layout, self.category_of, caps, unused=self.unused)
         return caps
 
     def frames(self) -> Iterator[pd.DataFrame]:

@@ -32,6 +32,11 @@ class LogFormat(StrEnum):
     obd = "obd"
 
 
+class Inputs(StrEnum):
+    impression = "impression"
+    decision = "decision"
+
+
 def _num(x: float, fmt: str = ".4f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
@@ -127,6 +132,13 @@ def register(app: typer.Typer) -> None:
         ),
         baseline_rows: Annotated[int, typer.Option(min=1, help="training rows sampled for the baselines")] = 200_000,
         forest_rows: Annotated[int, typer.Option(min=1, help="of those, rows for the random forest")] = 100_000,
+        inputs: Annotated[
+            Inputs,
+            typer.Option(
+                help="adrl: every input (default), or only the user's state at the impression (the delay then "
+                "acts through the state it leads to; adrl.behavior.inputs)"
+            ),
+        ] = Inputs.decision,
         json_out: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
         force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     ) -> None:
@@ -161,7 +173,10 @@ def register(app: typer.Typer) -> None:
                 baselines=baselines,
                 baseline_rows=baseline_rows,
                 forest_rows=forest_rows,
+                impression_inputs=inputs is Inputs.impression,
             )
+            if is_obd and inputs is Inputs.impression:
+                raise ConfigError("--inputs applies to adrl logs only; OBD rows have no delay or exposure features")
             if is_obd:  # the inputs are named before the output is checked: the first error is the likely one
                 resolve_obd_paths(logs, obd_policy, obd_campaign)
             else:

@@ -81,11 +81,13 @@ def fit_bootstrap_members(
     seed: int | None,
     epochs: int,
     progress: bool = False,
+    impression_inputs: bool = False,
 ) -> list[Path]:
     """Fit ``n_members`` behavior models, each on its own bootstrap resample of the logged user-days.
 
     Members are saved as ``out/member_<k>`` (a directory ``adrl ope --behavior`` reads). The resamples' seeds are
-    spawned from ``seed``; the fit of member k is seeded with its own stream too.
+    spawned from ``seed``; the fit of member k is seeded with its own stream too. ``impression_inputs``: see
+    :class:`~adrl.behavior.FitConfig`.
     """
     from adrl.behavior import FitConfig, fit_adrl
 
@@ -97,7 +99,8 @@ def fit_bootstrap_members(
         rng = np.random.default_rng(ss)
         with tempfile.TemporaryDirectory() as tmp:
             sample = bootstrap_log(logs, Path(tmp) / "resample.parquet", rng)
-            cfg = FitConfig(epochs=epochs, seed=int(rng.integers(2**31)), baselines=False)
+            cfg = FitConfig(epochs=epochs, seed=int(rng.integers(2**31)), baselines=False,
+                            impression_inputs=impression_inputs)  # fmt: skip
             report = fit_adrl(sample, scenario, cfg, progress=progress)
         paths.append(report.model.save(out / f"member_{k}"))
     return paths
