@@ -121,7 +121,24 @@ def test_agents_and_rules_train_on_the_bagged_simulator(quickstart: tuple[Path, 
     for name in ("ppo_native", "reinforce"):
         config = yaml.safe_load((out / "agents" / name / "config.yaml").read_text())
         assert Path(config["behavior"]) == out / "simulator"
+    # it carries the logged support of the main job's logs (the count-based mode's), off by default
+    assert simulator.support is not None and simulator.support_penalty == 0.0
+    logged = json.loads((out / "quickstart.json").read_text())["simulation"]
+    assert simulator.support.n_impressions == logged["n_impressions"]
     # the member the rules and greedy rank actions by is the main fit
     main = BehaviorModel.load(out / "behavior", layout=simulator.layout)
     for a, b in zip(main.net.state_dict().values(), simulator.model.net.state_dict().values(), strict=True):
         assert (a == b).all()
+
+
+def test_a_budget_replaces_the_presets_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from adrl.errors import ConfigError
+    from adrl.quickstart import FAST_BUDGET, run_quickstart
+
+    with pytest.raises(ConfigError, match="either fast=True or a budget"):
+        run_quickstart(tmp_path / "a", fast=True, budget=FAST_BUDGET)
+    with pytest.raises(ConfigError, match="support_penalty must be a finite number >= 0"):
+        run_quickstart(tmp_path / "b", budget=replace(FAST_BUDGET, support_penalty=-1.0))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
