@@ -230,8 +230,8 @@ def run_quickstart(
 
     layout = FeatureLayout.from_scenario(sc)
     kappa = budget.support_penalty
-    log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members, reward - "
-        f"{kappa:g} x the logged support's width")  # fmt: skip
+    pessimism = f", reward - {kappa:g} x the logged support's width" if kappa > 0 else ""
+    log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members{pessimism}")
     bagged = [report.model, *(BehaviorModel.load(p, layout=layout) for p in member_paths)]
     support = LoggedSupport.from_logs(logs, sc)
     simulator = EnsembleResponse(bagged, sc, provenance=BAGGED_PROVENANCE, support=support,

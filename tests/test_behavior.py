@@ -196,6 +196,8 @@ def test_a_model_without_the_wide_part_still_loads_and_a_bad_flag_is_refused(
         BehaviorModel.load(path)
     with pytest.raises(ConfigError, match="wide must be true or false"):
         FitConfig(wide="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="impression_inputs must be true or false"):
+        FitConfig(impression_inputs=1)  # type: ignore[arg-type]
 
 
 def test_save_load_round_trip_gives_identical_predictions(

@@ -119,6 +119,8 @@ class FitConfig:
             raise ConfigError(f"hidden must list one or more layer widths >= 1, got {list(self.hidden)}")
         if not isinstance(self.wide, bool):
             raise ConfigError(f"wide must be true or false, got {self.wide!r}")
+        if not isinstance(self.impression_inputs, bool):
+            raise ConfigError(f"impression_inputs must be true or false, got {self.impression_inputs!r}")
         e = self.ema_epochs
         if e is not None and not (isinstance(e, int | float) and not isinstance(e, bool) and 0.0 < e < 1000.0):
             raise ConfigError(f"ema_epochs must be a number of epochs in (0, 1000) or None, got {e!r}")
