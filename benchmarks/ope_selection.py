@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--logger", default="quickstart,softmax-pacing")
     ap.add_argument("--members", type=int, default=3)
-    ap.add_argument("--fit-epochs", type=int, default=4)
+    ap.add_argument("--fit-epochs", type=int, default=8, help="epochs per member (the quickstart's; 4: 2x the error)")
     ap.add_argument(
         "--inputs",
         choices=("decision", "impression"),
