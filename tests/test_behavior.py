@@ -144,13 +144,12 @@ def test_an_impression_time_model_reads_the_state_at_the_impression_not_the_deci
     obs, action = logged
     model = fit_adrl(log_path, cfg=FitConfig(epochs=1, baselines=False, impression_inputs=True),
                      progress=False).model  # fmt: skip
-    cat, dense = model.encoder.encode(obs, action) if model.encoder is not None else (None, None)
-    assert cat is not None and dense is not None
+    assert model.encoder is not None and set(model.spec.unused) == set(decision_time_inputs(layout))
+    cat, dense = model.encoder.encode(obs, action)
+    assert np.all(cat[:, model.spec.cat_index("delay")] == 0)
     with torch.no_grad():  # the folded fast path holds the same inputs at 0
         p = torch.sigmoid(model.net(torch.from_numpy(cat), torch.from_numpy(dense))).numpy()
     np.testing.assert_allclose(model.predict(obs, action)[0], p[:, 0], rtol=1e-4, atol=1e-6)
-    assert model.encoder is not None and set(model.spec.unused) == set(decision_time_inputs(layout))
-    assert np.all(model.encoder.encode(obs, action)[0][:, model.spec.cat_index("delay")] == 0)
     clock = obs.copy()  # another decision-time clock, the same impression (its hour is the categorical "hour")
     for name in ("hour_sin", "hour_cos", "day_progress"):
         clock[:, layout.index(name)] = -clock[:, layout.index(name)] + 0.3
