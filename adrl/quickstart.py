@@ -74,7 +74,7 @@ class Budget:
     log_epsilon: tuple[float, float, float] = (0.3, 0.3, 0.3)
     # κ of the simulator's count-based pessimism (adrl.behavior.support): agents train on reward - κ · u(x, a) and
     # the rules are tuned on the same objective. 0: κ = 0.05 gave PPO 0.502, 0.483, 0.510 on the ground truth on
-    # seeds 0-2 against 0.538, 0.483, 0.564 without it (models with decision-time inputs; issue 16's report)
+    # seeds 0-2 against 0.565, 0.463, 0.473 without it (models with decision-time inputs; issue 16's report)
     support_penalty: float = 0.0
 
 

@@ -85,7 +85,7 @@ class FitConfig:
     # supersede (delay id, decision clock, recency, undecayed exposure) are held at 0, so waiting acts through the
     # state it leads to (adrl.behavior.inputs). Off by default: on quickstart seeds 0-2 it cut the main model's
     # optimism on a fixed PPO's ground-truth trajectories (expected reward 2.12, 1.29, 1.26 x the truth -> 1.76,
-    # 1.11, 1.07), but PPO trained on it earned 0.568, 0.462, 0.490 against 0.538, 0.483, 0.564 (issue 16's report)
+    # 1.11, 1.07), but PPO trained on it earned 0.568, 0.462, 0.490 against 0.565, 0.463, 0.473 (issue 16's report)
     impression_inputs: bool = False
     # validation, early stopping and the saved model use an exponential moving average of the weights over about
     # this many epochs (None: the raw weights): it averages out the noise of the last minibatch steps
