@@ -22,6 +22,7 @@ from rich.progress import Progress
 
 from adrl.agents.baselines import PacingPolicy, tune_pacing_gap
 from adrl.envs.ad_placement import BehaviorModel
+from adrl.envs.pessimistic import pessimism_weights
 from adrl.envs.vector import AdPlacementVectorEnv
 from adrl.errors import ConfigError
 from adrl.features import FeatureLayout
@@ -183,9 +184,9 @@ def evaluate_policy(
 
 
 def _penalties(response: Any) -> Callable[[], np.ndarray] | None:
-    """``() -> (n,)`` λ · disagreement + κ · support width of the response's last call; None when both are 0."""
-    lam = float(getattr(response, "penalty", 0.0) or 0.0)
-    kappa = float(getattr(response, "support_penalty", 0.0) or 0.0)
+    """``() -> (n,)`` λ · disagreement + κ · support width of the response's last call (the response's own weights,
+    as :class:`~adrl.envs.pessimistic.PessimisticVectorEnv` reads them); None when both are 0."""
+    lam, kappa = pessimism_weights(response)
     if lam == 0 and kappa == 0:
         return None
 

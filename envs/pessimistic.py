@@ -26,6 +26,27 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from adrl.errors import ConfigError
 
 
+def pessimism_weights(
+    response: Any, penalty: float | None = None, support_penalty: float | None = None
+) -> tuple[float, float]:
+    """(λ, κ) of the pessimistic mode: each given weight, else the response's own (0 for a response without one).
+
+    Raises:
+        ConfigError: a weight is negative or not finite, or κ > 0 for a response without a logged support.
+    """
+    lam = float(getattr(response, "penalty", 0.0) if penalty is None else penalty)
+    if not (lam >= 0 and np.isfinite(lam)):
+        raise ConfigError(f"penalty must be a finite number >= 0, got {penalty!r}")
+    kappa = float(getattr(response, "support_penalty", 0.0) if support_penalty is None else support_penalty)
+    if not (kappa >= 0 and np.isfinite(kappa)):
+        raise ConfigError(f"support_penalty must be a finite number >= 0, got {support_penalty!r}")
+    if kappa > 0 and getattr(response, "support", None) is None:
+        raise ConfigError(
+            "support_penalty > 0 needs an ensemble that carries its logs' support (fit it with this adrl version)"
+        )
+    return lam, kappa
+
+
 class PessimisticVectorEnv(VectorWrapper):
     """Penalise each step's reward by λ × the ensemble's disagreement and κ × the support width (module docstring).
 
@@ -44,19 +65,8 @@ class PessimisticVectorEnv(VectorWrapper):
                 "the pessimistic mode needs a learned env driven by a behavior ensemble (adrl.behavior.ensemble); "
                 f"this env's response is {type(response).__name__}"
             )
-        lam = float(getattr(response, "penalty", 0.0) if penalty is None else penalty)
-        if not (lam >= 0 and np.isfinite(lam)):
-            raise ConfigError(f"penalty must be a finite number >= 0, got {penalty!r}")
-        self.penalty = lam
-        kappa = float(getattr(response, "support_penalty", 0.0) if support_penalty is None else support_penalty)
-        if not (kappa >= 0 and np.isfinite(kappa)):
-            raise ConfigError(f"support_penalty must be a finite number >= 0, got {support_penalty!r}")
+        self.penalty, self.support_penalty = pessimism_weights(response, penalty, support_penalty)
         self._has_support = getattr(response, "support", None) is not None
-        if kappa > 0 and not self._has_support:
-            raise ConfigError(
-                "support_penalty > 0 needs an ensemble that carries its logs' support (fit it with this adrl version)"
-            )
-        self.support_penalty = kappa
         self._response = response
         mode = env.unwrapped.metadata.get("autoreset_mode")
         self._next_step = getattr(mode, "value", mode) == AutoresetMode.NEXT_STEP.value

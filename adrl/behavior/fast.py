@@ -133,7 +133,8 @@ class FastPredictor:
         x[:, self.obs_dim + 3 :] = obs[:, self.exposure_cols] * self.exposure_decay[d][:, None]  # as encode_actions
         if self.raw_caps is not None:
             np.minimum(x, self.raw_caps, out=x)
-        x[:, self.unused_raw] = 0.0  # inputs the model does not read (held at 0 in training too)
+        if self.unused_raw.size:
+            x[:, self.unused_raw] = 0.0  # inputs the model does not read (held at 0 in training too)
         if self.delay_unused:
             d = np.zeros_like(d)
         hour = (obs[:, self.hour_col] + delay_hours).astype(np.intp) % HOURS_PER_DAY
