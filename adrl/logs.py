@@ -366,3 +366,48 @@ def check_ranges(df: pd.DataFrame, layout: FeatureLayout, source: str) -> None:
                 f"{source}: {column} {float(v[i]):g} at row {i} is outside 0..{size - 1} "
                 f"({int(bad.sum())} of {len(v)} rows); was it logged with another scenario?"
             )
+
+
+def concat_logs(paths: list[Path | str], out: Path | str, *, batch_size: int = 262_144) -> int:
+    """Write the logs of ``paths`` one after another to ``out`` (atomically, streamed); returns the rows written.
+
+    Each log's episode and user ids are shifted past the previous logs' largest, so a user of one log is never
+    merged with a user of another. The logs must share one schema (columns, types and feature layout); the first
+    one's metadata is kept. ``out`` may be one of ``paths``: it is replaced only once the union is complete.
+    """
+    files = [f for p in paths for f in log_files(p)]
+    if not files:
+        raise DataError("concat_logs needs at least one log")
+    schemas = []
+    for f in files:
+        schemas.append(read_schema(f))
+        validate_schema(schemas[-1], str(f))
+    first = schemas[0]
+    for f, s in zip(files[1:], schemas[1:], strict=True):
+        meta, want = s.metadata or {}, first.metadata or {}
+        if not s.remove_metadata().equals(first.remove_metadata()) or (
+            meta.get(b"adrl.layout_hash") != want.get(b"adrl.layout_hash")
+        ):
+            raise DataError(f"{f}: its columns or feature layout differ from {files[0]}'s; only logs of one "
+                            "scenario and one logger schema can be joined")  # fmt: skip
+    rows, offset = 0, 0
+    with atomic_path(out) as tmp:
+        writer = pq.ParquetWriter(tmp, first, compression="lz4", use_dictionary=False)
+        try:
+            for f in files:
+                top = -1
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+                    cols = {}
+                    for name in ("episode_id", "user_id"):
+                        ids = batch.column(name).to_numpy(zero_copy_only=False)
+                        if ids.size and ids.min() < 0:
+                            raise DataError(f"{f}: {name} must be >= 0 to be renumbered, found {int(ids.min())}")
+                        top = max(top, int(ids.max()) if ids.size else -1)
+                        cols[name] = pa.array(ids + offset, type=pa.int64())
+                    arrays = [cols.get(n, batch.column(n)) for n in first.names]
+                    writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=first))
+                    rows += batch.num_rows
+                offset += top + 1
+        finally:
+            writer.close()
+    return rows

@@ -76,6 +76,12 @@ class Budget:
     # the rules are tuned on the same objective. 0: κ = 0.05 gave PPO 0.502, 0.483, 0.510 on the ground truth on
     # seeds 0-2 against 0.565, 0.463, 0.473 without it (models with decision-time inputs; issue 16's report)
     support_penalty: float = 0.0
+    # the closed loop: after a first fit and PPO training, that PPO is deployed on the ground-truth world with ε =
+    # loop_epsilon per component for loop_users user-days (a rollout with exploration, as production would log it);
+    # its log joins the logger's and the simulator, agents and rules are fitted, trained and tuned again on the
+    # union. 0: off
+    loop_users: int = 0
+    loop_epsilon: float = 0.3
 
 
 # agents train on the bagged simulator without a penalty: on seed 0 a pessimistic ensemble (the main fit and 2
@@ -159,6 +165,71 @@ def _tune_rules(sc: Scenario, simulator: Path, agents: Path, *, n_episodes: int,
         write_json_atomic(agents / name / "tuning.json", {"chosen": policy.name, "learned_sim_returns": scores})
 
 
+def _fit_simulator(
+    sc: Scenario,
+    budget: Budget,
+    logs: Path,
+    dest: Path,
+    *,
+    seed: int,
+    log: Callable[[str], None],
+    progress: bool,
+    baselines: bool = True,
+) -> tuple[Any, list[Path], Path]:
+    """Fit the main behavior model (``dest/behavior``) and the bootstrap members (``dest/ope_members``) on ``logs``
+    and save the bagged simulator agents train on (``dest/simulator``); returns the fit report, the members' paths
+    and the simulator's path. ``baselines``: also fit the report's reference models (if the budget asks)."""
+    from adrl.behavior import BehaviorModel, FitConfig, fit_adrl
+    from adrl.behavior.ensemble import EnsembleResponse
+    from adrl.behavior.support import LoggedSupport
+    from adrl.ope.members import fit_bootstrap_members
+
+    layout = FeatureLayout.from_scenario(sc)
+    cfg = FitConfig(epochs=budget.fit_epochs, seed=seed, baselines=budget.fit_baselines and baselines)
+    report = fit_adrl(logs, sc, cfg, progress=progress)
+    report.model.save(dest / "behavior")
+    log(f"      fitting {budget.ope_members} behavior models on bootstrap resamples of the logged user-days")
+    member_paths = fit_bootstrap_members(logs, sc, dest / "ope_members", n_members=budget.ope_members, seed=seed + 3,
+                                         epochs=budget.fit_epochs, progress=False)  # fmt: skip
+    kappa = budget.support_penalty
+    pessimism = f", reward - {kappa:g} x the logged support's width" if kappa > 0 else ""
+    log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members{pessimism}")
+    bagged = [report.model, *(BehaviorModel.load(p, layout=layout) for p in member_paths)]
+    support = LoggedSupport.from_logs(logs, sc)
+    simulator = EnsembleResponse(bagged, sc, provenance=BAGGED_PROVENANCE, support=support,
+                                 support_penalty=kappa).save(dest / "simulator")  # fmt: skip
+    return report, member_paths, simulator
+
+
+def _train_agents(
+    budget: Budget,
+    simulator: Path,
+    dest: Path,
+    agents: Sequence[str],
+    *,
+    seed: int,
+    log: Callable[[str], None],
+    progress: bool,
+) -> dict[str, list[tuple[float, float]]]:
+    """Train ``agents`` on the learned simulator into ``dest/<name>``; returns each one's training curve."""
+    from adrl.training import RunDir, train_run
+
+    budgets = {
+        "q_learning": (budget.q_steps, budget.q_envs),
+        "reinforce": (budget.reinforce_steps, budget.reinforce_envs),
+        "ppo_native": (budget.ppo_steps, budget.ppo_envs),
+    }
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name in agents:
+        steps, n_envs = budgets.get(name, (None, None))
+        log(f"      {name}")
+        train_run(agent_name=name, env_id=LEARNED_ID, out=dest / name, behavior=simulator, steps=steps,
+                  n_envs=n_envs, seed=seed, progress=progress)  # fmt: skip
+        rows = RunDir(dest / name).read_metrics()
+        curves[name] = [(r["step"], r["mean_return"]) for r in rows if np.isfinite(r.get("mean_return", np.nan))]
+    return curves
+
+
 def run_quickstart(
     out: Path | str,
     *,
@@ -173,16 +244,16 @@ def run_quickstart(
 ) -> QuickstartResult:
     """Run every stage into ``out``; see the module docstring. ``fast`` is a smoke-sized budget (``budget``: any
     other); ``epsilon`` (one rate or one per delay, slot, creative) replaces the logger's exploration of the budget."""
+    from adrl.agents.baselines import EpsilonGreedyPolicy
     from adrl.agents.registry import load_policy_artifact
-    from adrl.behavior import FitConfig, fit_adrl
+    from adrl.logs import concat_logs
     from adrl.ope.data import read_adrl_logs
     from adrl.ope.estimate import Estimate
-    from adrl.ope.members import calibrate_members, fit_bootstrap_members, load_members
+    from adrl.ope.members import calibrate_members, load_members
     from adrl.ope.model_based import ModelBased, Simulators, logged_return
     from adrl.ope.run import evaluate as ope_evaluate
     from adrl.ope.selection import select
     from adrl.simulate import simulate
-    from adrl.training import RunDir, train_run
     from adrl.world import World
 
     out = Path(out)
@@ -192,6 +263,13 @@ def run_quickstart(
         raise ConfigError("pass either fast=True or a budget, not both")
     if not (budget.support_penalty >= 0 and np.isfinite(budget.support_penalty)):
         raise ConfigError(f"the budget's support_penalty must be a finite number >= 0, got {budget.support_penalty!r}")
+    if isinstance(budget.loop_users, bool) or not isinstance(budget.loop_users, int) or budget.loop_users < 0:
+        raise ConfigError(f"the budget's loop_users must be a whole number >= 0 (0: no closed loop), got "
+                          f"{budget.loop_users!r}")  # fmt: skip
+    try:
+        component_epsilons(budget.loop_epsilon, "loop_epsilon")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the budget's {e}") from None
     if epsilon is not None:
         try:
             budget = replace(budget, log_epsilon=component_epsilons(epsilon, "epsilon"))
@@ -200,7 +278,7 @@ def run_quickstart(
     sc = resolve_scenario(scenario)
     _prepare(out, force)
     seconds: dict[str, float] = {}
-    stages = 6
+    stages = 7 if budget.loop_users else 6
 
     def stage(k: int, text: str) -> float:
         log(f"[{k}/{stages}] {text}")
@@ -212,43 +290,35 @@ def run_quickstart(
     sim = simulate(sc, n_users=budget.n_users, out=logs, epsilon=budget.log_epsilon, seed=seed, progress=progress)
     seconds["simulate"] = time.perf_counter() - t
 
-    t = stage(2, f"fitting the behavior model ({budget.fit_epochs} epochs) on {sim.n_impressions:,} impressions")
-    cfg = FitConfig(epochs=budget.fit_epochs, seed=seed, baselines=budget.fit_baselines)
-    report = fit_adrl(logs, sc, cfg, progress=progress)
-    behavior = out / "behavior"
-    report.model.save(behavior)
+    layout = FeatureLayout.from_scenario(sc)
+    loop: dict[str, Any] | None = None
+    if budget.loop_users:
+        t = stage(2, f"closed loop: a first simulator and PPO on these logs, deployed for {budget.loop_users:,} "
+                     "user-days")  # fmt: skip
+        first = out / "loop" / "round-0"
+        _, _, simulator = _fit_simulator(sc, budget, logs, first, seed=seed, log=log, progress=progress,
+                                         baselines=False)  # fmt: skip
+        _train_agents(budget, simulator, first / "agents", ("ppo_native",), seed=seed, log=log, progress=progress)
+        deployed = load_policy_artifact(first / "agents" / "ppo_native" / "policy", expect_layout=layout)
+        log(f"      deploying ppo_native on the ground-truth world, ε = {budget.loop_epsilon:g} per component")
+        rollout = out / "loop" / "round-1.parquet"
+        summary = simulate(sc, n_users=budget.loop_users, out=rollout, seed=seed + 1000, progress=progress,
+                           logging_policy=EpsilonGreedyPolicy(deployed, budget.loop_epsilon))  # fmt: skip
+        concat_logs([logs, rollout], logs)  # the union replaces the logger's log only once it is whole
+        loop = {"users": budget.loop_users, "epsilon": budget.loop_epsilon, "deployed": "ppo_native",
+                "mean_return": summary.mean_return, "churn_rate": summary.churn_rate,
+                "log": str(rollout.relative_to(out))}  # fmt: skip
+        seconds["loop"] = time.perf_counter() - t
+    k = 3 if loop else 2  # the stage number of the fit
+
+    what = "the logger's and the rollout's logs" if loop else f"{sim.n_impressions:,} impressions"
+    t = stage(k, f"fitting the behavior model ({budget.fit_epochs} epochs) on {what}")
+    report, member_paths, simulator = _fit_simulator(sc, budget, logs, out, seed=seed, log=log, progress=progress)
     calibration = calibration_curve(report.model, sc, n_users=budget.holdout_users, seed=seed + 1)
-    log(f"      fitting {budget.ope_members} behavior models on bootstrap resamples of the logged user-days")
-    member_paths = fit_bootstrap_members(logs, sc, out / "ope_members", n_members=budget.ope_members, seed=seed + 3,
-                                         epochs=budget.fit_epochs, progress=False)  # fmt: skip
     seconds["fit"] = time.perf_counter() - t
 
-    t = stage(3, "training agents on the learned simulator (adrl/AdPlacement-Learned-v0)")
-    from adrl.behavior import BehaviorModel
-    from adrl.behavior.ensemble import EnsembleResponse
-    from adrl.behavior.support import LoggedSupport
-
-    layout = FeatureLayout.from_scenario(sc)
-    kappa = budget.support_penalty
-    pessimism = f", reward - {kappa:g} x the logged support's width" if kappa > 0 else ""
-    log(f"      simulator: the mean of the main model and the {len(member_paths)} bootstrap members{pessimism}")
-    bagged = [report.model, *(BehaviorModel.load(p, layout=layout) for p in member_paths)]
-    support = LoggedSupport.from_logs(logs, sc)
-    simulator = EnsembleResponse(bagged, sc, provenance=BAGGED_PROVENANCE, support=support,
-                                 support_penalty=kappa).save(out / "simulator")  # fmt: skip
-    budgets = {
-        "q_learning": (budget.q_steps, budget.q_envs),
-        "reinforce": (budget.reinforce_steps, budget.reinforce_envs),
-        "ppo_native": (budget.ppo_steps, budget.ppo_envs),
-    }
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for name in AGENTS:
-        steps, n_envs = budgets.get(name, (None, None))
-        log(f"      {name}")
-        train_run(agent_name=name, env_id=LEARNED_ID, out=out / "agents" / name, behavior=simulator, steps=steps,
-                  n_envs=n_envs, seed=seed, progress=progress)  # fmt: skip
-        rows = RunDir(out / "agents" / name).read_metrics()
-        curves[name] = [(r["step"], r["mean_return"]) for r in rows if np.isfinite(r.get("mean_return", np.nan))]
+    t = stage(k + 1, "training agents on the learned simulator (adrl/AdPlacement-Learned-v0)")
+    curves = _train_agents(budget, simulator, out / "agents", AGENTS, seed=seed, log=log, progress=progress)
     log("      tuned_pacing, frequency_cap (rules tuned on the learned simulator)")
     _tune_rules(sc, simulator, out / "agents", n_episodes=budget.rule_episodes, seed=seed)
     seconds["train"] = time.perf_counter() - t
@@ -256,11 +326,11 @@ def run_quickstart(
     names = (*AGENTS, *RULES)
     policies = {name: load_policy_artifact(out / "agents" / name / "policy", expect_layout=layout) for name in names}
 
-    t = stage(4, f"evaluating every policy on the ground-truth world ({budget.eval_episodes:,} user-days each)")
+    t = stage(k + 2, f"evaluating every policy on the ground-truth world ({budget.eval_episodes:,} user-days each)")
     evaluations = evaluate_policies(policies, sc, n_episodes=budget.eval_episodes, seed=seed + 2)
     seconds["evaluate"] = time.perf_counter() - t
 
-    t = stage(5, "off-policy evaluation from the logs (return per user-day), beside the true values")
+    t = stage(k + 3, "off-policy evaluation from the logs (return per user-day), beside the true values")
     data = read_adrl_logs(logs, layout)
     learned = Simulators(World(sc), calibrate_members(load_members(member_paths, sc), logs, layout))
     returns_by = ModelBased(max_starts=budget.ope_starts)
@@ -288,12 +358,14 @@ def run_quickstart(
     selection = select(estimated_return, logged_return(data).value, estimator=returns_by.name)
     seconds["ope"] = time.perf_counter() - t
 
-    t = stage(6, "exporting the policy offline selection picks and writing the report")
+    t = stage(k + 4, "exporting the policy offline selection picks and writing the report")
     best = max(evaluations, key=lambda e: e.overall.mean_return).name  # the ground-truth check, not the choice
     selected = selection.pick  # what a user without ground truth would ship
     best_policy = out / "best_policy"
     shutil.copytree(out / "agents" / selected / "policy", best_policy)
     simulation = {**sim.as_dict(), "epsilon": list(budget.log_epsilon)}
+    if loop is not None:
+        simulation["closed_loop"] = loop
     result = QuickstartResult(
         out=out, scenario=sc, simulation=simulation, behavior_metrics=report.metrics_json(),
         calibration=calibration, curves=curves, evaluations=evaluations, ope=ope, best=best,

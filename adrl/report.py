@@ -154,7 +154,17 @@ def _logs(r: QuickstartResult) -> str:
         [[f"{s['n_users']:,}", f"{s['n_decisions']:,}", f"{s['n_impressions']:,}", f"{s['ctr']:.2%}",
           f"{s['conversion_rate']:.2%}", f"{s['churn_rate']:.1%}", f"{s['mean_return']:.4f}"]],
     ) + (f"<p class=muted>Logged by an ε-greedy policy (ε = {eps} per delay, slot, creative) around the myopic "
-         "targeting rule.</p>")  # fmt: skip
+         "targeting rule.</p>") + _loop(s.get("closed_loop"))  # fmt: skip
+
+
+def _loop(loop: dict[str, Any] | None) -> str:
+    if not loop:
+        return ""
+    return (f"<p>Closed loop: a first PPO, trained on a simulator fitted to these logs, was deployed on the "
+            f"ground-truth world with ε = {loop['epsilon']:g} per component for {loop['users']:,} user-days "
+            f"(return {loop['mean_return']:.4f} per user-day, churn {loop['churn_rate']:.1%}; "
+            f"<code>{html.escape(loop['log'])}</code>). Its log joined this one: the behavior model, the simulator, "
+            "the agents and the tuned rules below were fitted, trained and tuned on both.</p>")  # fmt: skip
 
 
 def _behavior(r: QuickstartResult) -> str:

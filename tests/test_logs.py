@@ -183,3 +183,37 @@ def test_every_command_help_shows_an_example() -> None:
         result = runner.invoke(app, [command, "--help"])
         text = " ".join(result.output.split())
         assert result.exit_code == 0 and "Example:" in text and f"adrl {command} --" in text, command
+
+
+def test_concat_logs_keeps_every_user_apart_and_refuses_another_schema(tmp_path: Path, log_path: Path) -> None:
+    from adrl.logs import concat_logs
+
+    other = tmp_path / "other.parquet"
+    simulate(Scenario(), n_users=150, out=other, seed=4, progress=False)
+    a, b = pq.read_table(log_path).to_pandas(), pq.read_table(other).to_pandas()
+    union = tmp_path / "union.parquet"
+    assert concat_logs([log_path, other], union) == len(a) + len(b)
+    u = pq.read_table(union)
+    assert u.schema.metadata == pq.read_schema(log_path).metadata  # layout and scenario travel with it
+    df = u.to_pandas()
+    head, tail = df.iloc[: len(a)], df.iloc[len(a) :].reset_index(drop=True)
+    pd.testing.assert_frame_equal(head, a)
+    shift = int(max(a["episode_id"].max(), a["user_id"].max())) + 1
+    assert (tail["episode_id"] == b["episode_id"] + shift).all() and (tail["user_id"] == b["user_id"] + shift).all()
+    pd.testing.assert_frame_equal(
+        tail.drop(columns=["episode_id", "user_id"]), b.drop(columns=["episode_id", "user_id"])
+    )
+    assert df["episode_id"].nunique() == a["episode_id"].nunique() + b["episode_id"].nunique()
+
+    # the output may be one of the inputs: it is replaced only once the union is whole
+    copy = tmp_path / "copy.parquet"
+    concat_logs([log_path], copy)
+    concat_logs([copy, other], copy)
+    assert pq.read_table(copy).equals(u)
+
+    narrow = tmp_path / "narrow.parquet"
+    pq.write_table(pq.read_table(other).drop_columns(["p_click"]), narrow)
+    before = union.read_bytes()
+    with pytest.raises(DataError, match="columns or feature layout differ"):
+        concat_logs([union, narrow], union)
+    assert union.read_bytes() == before  # nothing already written is lost

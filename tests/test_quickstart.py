@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -142,3 +143,61 @@ def test_a_budget_replaces_the_presets_and_a_bad_one_is_refused(tmp_path: Path) 
     with pytest.raises(ConfigError, match="support_penalty must be a finite number >= 0"):
         run_quickstart(tmp_path / "b", budget=replace(FAST_BUDGET, support_penalty=-1.0))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+
+
+def test_the_closed_loop_deploys_a_first_ppo_and_retrains_on_both_logs(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from adrl.actions import flat_index
+    from adrl.agents.baselines import EpsilonGreedyPolicy
+    from adrl.agents.registry import load_policy_artifact
+    from adrl.features import FeatureLayout
+    from adrl.logs import feature_columns
+    from adrl.quickstart import FAST_BUDGET, run_quickstart
+    from adrl.scenario import Scenario
+
+    tiny = replace(FAST_BUDGET, n_users=600, loop_users=300, fit_epochs=1, reinforce_steps=4096, reinforce_envs=64,
+                   ppo_steps=4096, ppo_envs=64, rule_episodes=50, eval_episodes=100, n_boot=10, holdout_users=200,
+                   ope_members=1, ope_starts=200)  # fmt: skip
+    out = tmp_path / "qs"
+    lines: list[str] = []
+    run_quickstart(out, seed=2, budget=tiny, log=lines.append, progress=False)
+    summary = json.loads((out / "quickstart.json").read_text())
+    loop = summary["simulation"]["closed_loop"]
+    assert loop["users"] == 300 and loop["epsilon"] == 0.3 and loop["deployed"] == "ppo_native"
+    assert any("[2/7] closed loop" in line for line in lines)
+
+    # the rollout was logged by the first PPO with ε-exploration, with that policy's exact propensities
+    sc = Scenario()
+    layout = FeatureLayout.from_scenario(sc)
+    first = load_policy_artifact(out / "loop" / "round-0" / "agents" / "ppo_native" / "policy", expect_layout=layout)
+    rollout = pq.read_table(out / loop["log"]).to_pandas()
+    assert rollout["episode_id"].nunique() == 300
+    obs = rollout[feature_columns(layout)].to_numpy(dtype=np.float32)
+    action = rollout[["delay", "slot", "creative"]].to_numpy(dtype=np.int64)
+    probs = EpsilonGreedyPolicy(first, 0.3).action_probabilities(obs)
+    expected = probs[np.arange(len(rollout)), flat_index(action, sc.action_nvec)]
+    np.testing.assert_allclose(rollout["propensity"].to_numpy(), expected, rtol=1e-5)
+
+    # the final fit, agents and OPE read the union: the logger's users and the rollout's, never merged
+    union = pq.read_table(out / "logs.parquet", columns=["episode_id"]).to_pandas()
+    assert union["episode_id"].nunique() == 900
+    assert "Closed loop" in (out / "report.html").read_text()
+
+
+def test_a_bad_closed_loop_budget_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from adrl.errors import ConfigError
+    from adrl.quickstart import FAST_BUDGET, run_quickstart
+
+    bads: list[dict[str, Any]] = [{"loop_users": -1}, {"loop_users": 2.5}, {"loop_users": True}, {"loop_epsilon": 1.5}]
+    for k, bad in enumerate(bads):
+        with pytest.raises(ConfigError, match=r"loop_users must be a whole number|loop_epsilon must be in"):
+            run_quickstart(tmp_path / str(k), budget=replace(FAST_BUDGET, **bad))
+        assert not (tmp_path / str(k)).exists()
+    result = CliRunner().invoke(app, ["quickstart", "--fast", "--loop-users", "-5", "--out", str(tmp_path / "c")])
+    assert result.exit_code != 0 and "loop-users" in result.output

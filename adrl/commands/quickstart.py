@@ -25,18 +25,31 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="the logger's exploration: one rate or 'delay,slot,creative' (default 0.3)"),
         ] = None,
+        loop_users: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                help="closed loop: deploy a first PPO with exploration on the ground truth for this "
+                "many user-days, then refit and retrain on all logs (0: off, the default)",
+            ),
+        ] = None,
     ) -> None:
         """Simulate logs, fit the behavior model, train agents on it, evaluate them and write a report.
 
         Example: adrl quickstart --out runs/quickstart
         """
-        from adrl.quickstart import run_quickstart
+        from dataclasses import replace
+
+        from adrl.quickstart import DEFAULT_BUDGET, FAST_BUDGET, run_quickstart
         from adrl.simulate import parse_epsilon
 
         with cli_errors():
             eps = parse_epsilon(epsilon) if epsilon is not None else None
-            r = run_quickstart(out, fast=fast, seed=seed, scenario=scenario, force=force, epsilon=eps,
-                               log=console.print)  # fmt: skip
+            budget = None
+            if loop_users is not None:
+                budget = replace(FAST_BUDGET if fast else DEFAULT_BUDGET, loop_users=loop_users)
+            r = run_quickstart(out, fast=fast and budget is None, seed=seed, scenario=scenario, force=force,
+                               epsilon=eps, log=console.print, budget=budget)  # fmt: skip
             t = Table(title="policies on the ground-truth world (agents trained on the learned simulator)")
             for col in ("policy", "mean return", "95% CI", "CTR", "ads / user-day", "churn"):
                 t.add_column(col, justify="left" if col == "policy" else "right")
