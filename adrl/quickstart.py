@@ -47,6 +47,7 @@ BAGGED_PROVENANCE = {
 AGENTS = ("reinforce", "ppo_native", "greedy", "pacing", "random")
 # the fair bar: the best pacing and frequency-cap rules, tuned on the learned simulator (adrl.agents.rules)
 RULES = ("tuned_pacing", "frequency_cap")
+DEPLOYED = "ppo_deployed"  # with the closed loop: the first PPO, the one deployed (loop/round-0/agents/ppo_native)
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,8 @@ def run_quickstart(
 
     names = (*AGENTS, *RULES)
     policies = {name: load_policy_artifact(out / "agents" / name / "policy", expect_layout=layout) for name in names}
+    if loop is not None:  # the deployed PPO stays a candidate: a retrained one replaces it only if OPE prefers it
+        policies[DEPLOYED] = deployed
 
     t = stage(k + 2, f"evaluating every policy on the ground-truth world ({budget.eval_episodes:,} user-days each)")
     evaluations = evaluate_policies(policies, sc, n_episodes=budget.eval_episodes, seed=seed + 2)
@@ -364,7 +367,8 @@ def run_quickstart(
     best = max(evaluations, key=lambda e: e.overall.mean_return).name  # the ground-truth check, not the choice
     selected = selection.pick  # what a user without ground truth would ship
     best_policy = out / "best_policy"
-    shutil.copytree(out / "agents" / selected / "policy", best_policy)
+    source = out / "loop" / "round-0" / "agents" / "ppo_native" if selected == DEPLOYED else out / "agents" / selected
+    shutil.copytree(source / "policy", best_policy)
     simulation = {**sim.as_dict(), "epsilon": list(budget.log_epsilon)}
     if loop is not None:
         simulation["closed_loop"] = loop

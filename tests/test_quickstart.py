@@ -186,6 +186,8 @@ def test_the_closed_loop_deploys_a_first_ppo_and_retrains_on_both_logs(tmp_path:
     union = pq.read_table(out / "logs.parquet", columns=["episode_id"]).to_pandas()
     assert union["episode_id"].nunique() == 900
     assert "Closed loop" in (out / "report.html").read_text()
+    # the deployed PPO stays a candidate, evaluated and estimated like the rest
+    assert "ppo_deployed" in summary["ope"] and "ppo_deployed" in summary["policies"]
 
 
 def test_a_bad_closed_loop_budget_is_refused_before_anything_is_written(tmp_path: Path) -> None:
