@@ -82,7 +82,7 @@ class Budget:
     # its log joins the logger's and the simulator, agents and rules are fitted, trained and tuned again on the
     # union. 0: off. One round of 30,000 on seeds 0-2 (issue 16's report): PPO 0.542, 0.484, 0.523 against 0.565,
     # 0.463, 0.473 without it, its simulator's optimism 11%, 23%, 3%, but the bar rose more (tuned pacing 0.464,
-    # 0.455, 0.502 against 0.398, 0.331, 0.412), so the lift fell to +17%, +6.5%, +4.2%; ~3 minutes more
+    # 0.455, 0.502 against 0.398, 0.331, 0.412), so the lift fell to +17%, +6.4%, +4.2%; ~3 minutes more
     loop_users: int = 0
     loop_epsilon: float = 0.3
 
