@@ -256,7 +256,7 @@ def run_quickstart(
     from adrl.ope.model_based import ModelBased, Simulators, logged_return
     from adrl.ope.run import evaluate as ope_evaluate
     from adrl.ope.selection import select
-    from adrl.simulate import simulate
+    from adrl.simulate import MAX_USER_DAYS, simulate
     from adrl.world import World
 
     out = Path(out)
@@ -266,9 +266,10 @@ def run_quickstart(
         raise ConfigError("pass either fast=True or a budget, not both")
     if not (budget.support_penalty >= 0 and np.isfinite(budget.support_penalty)):
         raise ConfigError(f"the budget's support_penalty must be a finite number >= 0, got {budget.support_penalty!r}")
-    if isinstance(budget.loop_users, bool) or not isinstance(budget.loop_users, int) or budget.loop_users < 0:
-        raise ConfigError(f"the budget's loop_users must be a whole number >= 0 (0: no closed loop), got "
-                          f"{budget.loop_users!r}")  # fmt: skip
+    users = budget.loop_users
+    if isinstance(users, bool) or not isinstance(users, int) or not 0 <= users <= MAX_USER_DAYS:
+        raise ConfigError(f"the budget's loop_users must be a whole number in 0..{MAX_USER_DAYS:,} (0: no closed "
+                          f"loop), got {users!r}")  # fmt: skip
     try:
         component_epsilons(budget.loop_epsilon, "loop_epsilon")
     except (TypeError, ValueError) as e:

@@ -196,7 +196,13 @@ def test_a_bad_closed_loop_budget_is_refused_before_anything_is_written(tmp_path
     from adrl.errors import ConfigError
     from adrl.quickstart import FAST_BUDGET, run_quickstart
 
-    bads: list[dict[str, Any]] = [{"loop_users": -1}, {"loop_users": 2.5}, {"loop_users": True}, {"loop_epsilon": 1.5}]
+    bads: list[dict[str, Any]] = [
+        {"loop_users": -1},
+        {"loop_users": 2.5},
+        {"loop_users": True},
+        {"loop_users": 10**10},
+        {"loop_epsilon": 1.5},
+    ]
     for k, bad in enumerate(bads):
         with pytest.raises(ConfigError, match=r"loop_users must be a whole number|loop_epsilon must be in"):
             run_quickstart(tmp_path / str(k), budget=replace(FAST_BUDGET, **bad))
