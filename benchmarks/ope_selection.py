@@ -59,6 +59,8 @@ from adrl.simulate import simulate
 from adrl.world import World
 
 RETURN_ESTIMATORS = ("model", "magic", "model-wdr", "mis", "mdr", "pdis", "wis")
+# 2: the model-based interval takes Student's t at the Barnard-Rubin degrees of freedom; records keep the intervals
+JOURNAL_VERSION = 2
 
 
 class SoftmaxPacingLogger:
@@ -162,6 +164,7 @@ def _replay(
     secs: dict[str, list[float]],
     logged_values: list[float],
     fit_secs: list[float],
+    intervals: dict[str, dict[str, list[tuple[float, float]]]],
 ) -> None:
     """Add one draw's record to the running tables."""
     logged_values.append(record["logged_value"])
@@ -171,6 +174,31 @@ def _replay(
         secs[k].append(record["seconds"][k])
         for n, v in record["values"][k].items():
             values[k][n].append(v)
+        for n, (lo, hi) in record["intervals"][k].items():
+            intervals[k][n].append((lo, hi))
+
+
+def within_10pct(values: dict[str, list[float]], truth: dict[str, float]) -> float:
+    """Share of (candidate, draw) estimates within 10% of the candidate's true return."""
+    return float(np.mean([abs(x - truth[n]) <= 0.1 * abs(truth[n]) for n, v in values.items() for x in v]))
+
+
+def by_policy(
+    values: dict[str, list[float]], intervals: dict[str, list[tuple[float, float]]], truth: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Per candidate over the draws: mean signed and absolute relative error, the share within 10%, CI coverage."""
+    out = {}
+    for n, v in values.items():
+        rel = (np.asarray(v) - truth[n]) / max(abs(truth[n]), 1e-9)
+        covered = [lo <= truth[n] <= hi for lo, hi in intervals[n]]
+        out[n] = {
+            "true_return": round(truth[n], 4),
+            "mean_rel_error": round(float(rel.mean()), 4),
+            "mean_abs_rel_error": round(float(np.abs(rel).mean()), 4),
+            "within_10pct": round(float(np.mean(np.abs(rel) <= 0.1)), 4),
+            "coverage": round(float(np.mean(covered)), 4),
+        }
+    return out
 
 
 def main() -> None:
@@ -223,6 +251,7 @@ def main() -> None:
                 args.eval_episodes, args.n_boot, args.seed, sorted(zoo)]  # fmt: skip
     if args.inputs != "decision":  # journals of the default keep the key they had before the option
         settings.append(args.inputs)
+    settings.append(JOURNAL_VERSION)
     config_key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
     results: dict[str, Any] = {}
     seeds = np.random.SeedSequence(args.seed).spawn(args.draws)
@@ -231,6 +260,7 @@ def main() -> None:
         for n_users in (int(u) for u in args.users.split(",")):
             rows: dict[str, list[dict[str, float]]] = {k: [] for k in (*estimators, "per-decision-dr")}
             values: dict[str, dict[str, list[float]]] = {k: {n: [] for n in zoo} for k in rows}
+            intervals: dict[str, dict[str, list[tuple[float, float]]]] = {k: {n: [] for n in zoo} for k in rows}
             secs: dict[str, list[float]] = {k: [] for k in rows}
             logged_values: list[float] = []
             fit_secs: list[float] = []
@@ -240,7 +270,7 @@ def main() -> None:
             for d, ss in enumerate(seeds):
                 draw_seed = int(ss.generate_state(1)[0])
                 if d in done:
-                    _replay(done[d], rows, values, secs, logged_values, fit_secs)
+                    _replay(done[d], rows, values, secs, logged_values, fit_secs, intervals)
                     continue
                 with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                     logs = Path(tmp) / "logs.parquet"
@@ -273,13 +303,14 @@ def main() -> None:
                     "fit_seconds": fit_seconds,
                     "summary": {k: summarise(per_est[k], truth) for k in rows},
                     "values": {k: {n: per_est[k][n]["value"] for n in zoo} for k in rows},
+                    "intervals": {k: {n: [per_est[k][n]["lower"], per_est[k][n]["upper"]] for n in zoo} for k in rows},
                     "seconds": {k: float(np.mean(draw_secs[k])) for k in rows},
                 }
                 with journal.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                _replay(record, rows, values, secs, logged_values, fit_secs)
+                _replay(record, rows, values, secs, logged_values, fit_secs, intervals)
                 progress = {k: round(rows[k][-1]["spearman"], 3) for k in rows}
                 print(json.dumps({"draw": f"{logger_name} {n_users} {d + 1}/{args.draws}", "spearman": progress}),
                       file=sys.stderr, flush=True)  # fmt: skip
@@ -294,6 +325,8 @@ def main() -> None:
                         **{m: float(np.nanmean([r[m] for r in rows[k]])) for m in rows[k][0]},
                         "seconds_per_policy": float(np.mean(secs[k])),
                         "mean_estimate": {n: round(float(np.mean(v)), 4) for n, v in values[k].items()},
+                        "within_10pct": within_10pct(values[k], truth),
+                        "by_policy": by_policy(values[k], intervals[k], truth),
                     }
                     for k in rows
                 },

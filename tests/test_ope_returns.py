@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,14 @@ from adrl.features import FeatureLayout
 from adrl.ope import evaluate
 from adrl.ope.data import read_adrl_logs
 from adrl.ope.estimate import Estimate
-from adrl.ope.model_based import ModelBased, Simulators, logged_return, members_interval, states_from_obs
+from adrl.ope.model_based import (
+    ModelBased,
+    Simulators,
+    logged_return,
+    members_interval,
+    rubin_dof,
+    states_from_obs,
+)
 from adrl.ope.model_dr import MAGIC, FamilyData, ModelQV, ModelWDR
 from adrl.ope.selection import select
 from adrl.scenario import Scenario
@@ -128,8 +136,33 @@ def test_members_interval_covers_on_a_synthetic_problem() -> None:
         returns = truth + member_bias + user_value + rng.normal(0.0, 0.3, size=(4, 500))  # rollout noise
         _, lower, upper, kind = members_interval(returns, 0.05)
         hits += lower <= truth <= upper
-        assert kind == "normal-users+models"
+        assert kind == "t-users+models"
     assert hits / 300 >= 0.9
+
+
+def test_members_interval_covers_with_three_members_whose_spread_dominates() -> None:
+    # the quickstart's three bootstrap members, the model's uncertainty far above the users' sampling: the fit on
+    # the whole log is off by as much as one member is off from it, and the between-member variance comes from
+    # three values, so a normal interval would cover about 81%
+    rng = np.random.default_rng(1)
+    truth, hits, normal_hits = 1.0, 0, 0
+    for _ in range(1000):
+        fit_error, member_spread = rng.normal(0.0, 0.1), rng.normal(0.0, 0.1, size=(3, 1))
+        returns = truth + fit_error + member_spread + rng.normal(0.0, 0.5, size=(3, 2000))
+        value, lower, upper, kind = members_interval(returns, 0.05)
+        hits += lower <= truth <= upper
+        se = math.sqrt(returns.mean(axis=0).var(ddof=1) / 2000 + (4 / 3) * returns.mean(axis=1).var(ddof=1))
+        normal_hits += abs(value - truth) <= 1.96 * se
+        assert kind == "t-users+models" and upper - value > 0
+    assert 0.93 <= hits / 1000 <= 0.985
+    assert normal_hits / 1000 < 0.88
+
+
+def test_rubin_dof_is_the_members_count_when_their_spread_dominates() -> None:
+    assert rubin_dof(0.0, 1.0, 3, 10_000) == pytest.approx(2.0, rel=1e-3)
+    assert rubin_dof(1.0, 0.0, 3, 10_000) == pytest.approx(9_999 * 10_000 / 10_002)
+    assert rubin_dof(0.0, 0.0, 3, 10) == math.inf
+    assert 2.0 < rubin_dof(1.0, 1.0, 3, 10_000) < 10.0
 
 
 def test_ship_rule_needs_the_lower_bound_above_the_logged_value() -> None:
@@ -178,7 +211,7 @@ def test_cli_ranks_candidates_and_applies_the_ship_rule(logged, fitted, tmp_path
     assert ("ship " in sel["message"]) == (sel["recommended"] is not None)
     for r in data["policies"].values():
         e = r["estimates"]["model"]
-        assert e["lower"] <= e["value"] <= e["upper"] and e["interval"] == "normal-users+models"
+        assert e["lower"] <= e["value"] <= e["upper"] and e["interval"] == "t-users+models"
 
 
 def test_cli_step_estimand_is_labelled_one_step_value(logged, fitted) -> None:
