@@ -85,6 +85,10 @@ class Budget:
     # 0.455, 0.502 against 0.398, 0.331, 0.412), so the lift fell to +17%, +6.4%, +4.2%; ~3 minutes more
     loop_users: int = 0
     loop_epsilon: float = 0.3
+    # with the closed loop: the retrained PPO starts from the deployed one's weights and, with loop_anchor > 0, is
+    # kept near it by loop_anchor · KL(deployed ‖ retrained) (adrl.agents.ppo); off: it trains from scratch
+    loop_warm_start: bool = False
+    loop_anchor: float = 0.0
 
 
 # agents train on the bagged simulator without a penalty: on seed 0 a pessimistic ensemble (the main fit and 2
@@ -213,8 +217,11 @@ def _train_agents(
     seed: int,
     log: Callable[[str], None],
     progress: bool,
+    init_from: dict[str, Path] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
-    """Train ``agents`` on the learned simulator into ``dest/<name>``; returns each one's training curve."""
+    """Train ``agents`` on the learned simulator into ``dest/<name>`` (``init_from[name]``: the policy a warm start
+    begins from, ``overrides[name]``: parameters over the preset's); returns each one's training curve."""
     from adrl.training import RunDir, train_run
 
     budgets = {
@@ -227,7 +234,8 @@ def _train_agents(
         steps, n_envs = budgets.get(name, (None, None))
         log(f"      {name}")
         train_run(agent_name=name, env_id=LEARNED_ID, out=dest / name, behavior=simulator, steps=steps,
-                  n_envs=n_envs, seed=seed, progress=progress)  # fmt: skip
+                  n_envs=n_envs, seed=seed, progress=progress, init_from=(init_from or {}).get(name),
+                  overrides=(overrides or {}).get(name))  # fmt: skip
         rows = RunDir(dest / name).read_metrics()
         curves[name] = [(r["step"], r["mean_return"]) for r in rows if np.isfinite(r.get("mean_return", np.nan))]
     return curves
@@ -270,6 +278,11 @@ def run_quickstart(
     if isinstance(users, bool) or not isinstance(users, int) or not 0 <= users <= MAX_USER_DAYS:
         raise ConfigError(f"the budget's loop_users must be a whole number in 0..{MAX_USER_DAYS:,} (0: no closed "
                           f"loop), got {users!r}")  # fmt: skip
+    if not isinstance(budget.loop_warm_start, bool):
+        raise ConfigError(f"the budget's loop_warm_start must be True or False, got {budget.loop_warm_start!r}")
+    anchor = budget.loop_anchor
+    if isinstance(anchor, bool) or not isinstance(anchor, int | float) or not (np.isfinite(anchor) and anchor >= 0):
+        raise ConfigError(f"the budget's loop_anchor must be a finite number >= 0, got {anchor!r}")
     try:
         component_epsilons(budget.loop_epsilon, "loop_epsilon")
     except (TypeError, ValueError) as e:
@@ -311,7 +324,8 @@ def run_quickstart(
         concat_logs([logs, rollout], logs)  # the union replaces the logger's log only once it is whole
         loop = {"users": budget.loop_users, "epsilon": budget.loop_epsilon, "deployed": "ppo_native",
                 "mean_return": summary.mean_return, "churn_rate": summary.churn_rate,
-                "log": str(rollout.relative_to(out))}  # fmt: skip
+                "log": str(rollout.relative_to(out)), "warm_start": budget.loop_warm_start,
+                "anchor": float(budget.loop_anchor) if budget.loop_warm_start else None}  # fmt: skip
         seconds["loop"] = time.perf_counter() - t
     k = 3 if loop else 2  # the stage number of the fit
 
@@ -322,7 +336,12 @@ def run_quickstart(
     seconds["fit"] = time.perf_counter() - t
 
     t = stage(k + 1, "training agents on the learned simulator (adrl/AdPlacement-Learned-v0)")
-    curves = _train_agents(budget, simulator, out / "agents", AGENTS, seed=seed, log=log, progress=progress)
+    warm = loop is not None and budget.loop_warm_start
+    curves = _train_agents(
+        budget, simulator, out / "agents", AGENTS, seed=seed, log=log, progress=progress,
+        init_from={"ppo_native": out / "loop" / "round-0" / "agents" / "ppo_native" / "policy"} if warm else None,
+        overrides={"ppo_native": {"anchor_coef": float(budget.loop_anchor)}} if warm else None,
+    )  # fmt: skip
     log("      tuned_pacing, frequency_cap (rules tuned on the learned simulator)")
     _tune_rules(sc, simulator, out / "agents", n_episodes=budget.rule_episodes, seed=seed)
     seconds["train"] = time.perf_counter() - t

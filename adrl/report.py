@@ -164,7 +164,11 @@ def _loop(loop: dict[str, Any] | None) -> str:
             f"ground-truth world with ε = {loop['epsilon']:g} per component for {loop['users']:,} user-days "
             f"(return {loop['mean_return']:.4f} per user-day, churn {loop['churn_rate']:.1%}; "
             f"<code>{html.escape(loop['log'])}</code>). Its log joined this one: the behavior model, the simulator, "
-            "the agents and the tuned rules below were fitted, trained and tuned on both.</p>")  # fmt: skip
+            "the agents and the tuned rules below were fitted, trained and tuned on both."
+            + (" The retrained PPO started from the deployed one's weights"
+               + (f", kept near it by {loop['anchor']:g} · KL" if loop.get("anchor") else "") + "."
+               if loop.get("warm_start") else "")
+            + "</p>")  # fmt: skip
 
 
 def _behavior(r: QuickstartResult) -> str:

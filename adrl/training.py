@@ -17,6 +17,7 @@ drops the metrics rows logged after it, so the curve has no duplicated steps.
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 import shutil
 import signal
@@ -32,11 +33,12 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adrl.agents.factory import load_preset, make_agent
-from adrl.agents.registry import Score, load_policy_artifact
+from adrl.agents.registry import AGENTS, Score, load_policy_artifact
 from adrl.envs.pessimistic import PessimisticVectorEnv
 from adrl.envs.registration import GROUND_TRUTH_ID, LEARNED_ID, VIRAL_ID
 from adrl.errors import ConfigError
 from adrl.evaluation import simulator_score
+from adrl.features import FeatureLayout
 from adrl.io import atomic_open, check_output, read_yaml_mapping
 from adrl.scenario import Scenario, resolve_scenario
 
@@ -339,12 +341,15 @@ def train_run(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run; returns a summary. The library path behind ``adrl train``.
 
     Learners train on the vector env of ``env_id`` with checkpoints every ``checkpoint_every`` steps; rules
-    (greedy, pacing, random) are built and exported, pacing's gap tuned on the same simulator. ``log`` receives
-    one-line messages (the CLI prints them); progress is a rich bar unless ``progress`` is False.
+    (greedy, pacing, random) are built and exported, pacing's gap tuned on the same simulator. ``init_from`` (a
+    policy artifact of the same kind) is where a learner that supports it (``warm_start``: PPO) starts instead of
+    fresh weights; a resumed run keeps its checkpoint's weights and takes only the anchor from it. ``log``
+    receives one-line messages (the CLI prints them); progress is a rich bar unless ``progress`` is False.
     """
     preset = load_preset(agent_name, preset_file)
     params = {**preset.params, **(overrides or {})}
@@ -361,6 +366,12 @@ def train_run(
         "scenario": spec.scenario.model_dump(mode="json"),
         "params": params,
     }
+    if resume and init_from is None and (Path(out) / "config.yaml").is_file():  # the anchor a warm start kept
+        saved = RunDir(Path(out)).load_config().get("init_from")
+        init_from = Path(saved) if isinstance(saved, str) else None
+    if init_from is not None:  # only when given, so runs without it keep the config they had
+        config["init_from"] = str(init_from)
+    source = _starting_policy(agent_name, init_from, spec.scenario)  # checked before the run directory is touched
     run = RunDir.create(out, config, resume=resume, force=force)
     latest = run.latest_checkpoint() if resume else None
     if resume and latest is None:  # starting over would silently rewrite the run's metrics
@@ -379,6 +390,12 @@ def train_run(
             agent_name, spec.scenario, params, seed=seed, value_model=spec.value_model, score=spec.score(seed or 0)
         )
         start = 0
+    if source is not None:
+        try:
+            agent.warm_start(source, copy_weights=latest is None)
+        except ConfigError as e:
+            run.close()
+            raise ConfigError(f"--init-from {init_from}: {e}") from None
     stop = StopRequested()
     summary: dict[str, Any] = {"run": str(run.path), "agent": agent_name, "env": env_id}
     before = run.open_metrics(resume_step=start if latest else None)
@@ -425,6 +442,18 @@ def train_run(
     finally:
         run.close()
     return summary
+
+
+def _starting_policy(agent_name: str, init_from: Path | None, scenario: Any) -> Any:
+    """The policy artifact a warm-started run begins from, loaded and checked; None without ``init_from``."""
+    if init_from is None:
+        return None
+    able = [n for n, module in AGENTS.items() if getattr(importlib.import_module(module), "WARM_STARTS", False)]
+    if agent_name not in able:
+        raise ConfigError(f"--init-from: {agent_name} cannot start from a trained policy (only {', '.join(able)})")
+    if not (Path(init_from) / "manifest.json").is_file():
+        raise ConfigError(f"--init-from {init_from}: not a policy artifact (no manifest.json in it)")
+    return load_policy_artifact(init_from, expect_layout=FeatureLayout.from_scenario(scenario))
 
 
 def _check_same_market(agent: Any, scenario: Any) -> None:

@@ -8,7 +8,11 @@ in the observation, so the day's end is part of the state), and takes ``update_e
 
     L = − mean[min(ρ Â, clip(ρ, 1 − ε, 1 + ε) Â)] + c_v · mean[(V(x) − R)²] − c_H · mean[H(π(·|x))]
 
-with ρ = π(a|x) / π_old(a|x) and Â normalised per minibatch (Schulman et al. 2017). Network inputs are
+with ρ = π(a|x) / π_old(a|x) and Â normalised per minibatch (Schulman et al. 2017). A run may start from another
+PPO policy's weights (:meth:`PPOAgent.warm_start`, ``adrl train --init-from``: fine-tuning a deployed policy on new
+data); with ``anchor_coef`` > 0 the loss adds ``anchor_coef · mean[KL(π_0(·|x) ‖ π(·|x))]`` (summed over the three
+heads) to that starting policy π_0, a trust region that keeps the fine-tuned policy near the one whose rollouts
+the data hold. Network inputs are
 :class:`~adrl.agents.base.NeuralFeatures` standardised by running mean and variance (updated from each rollout,
 frozen inside an update, saved with the weights). Torch is seeded once per ``learn`` call from the agent's
 generator.
@@ -16,6 +20,7 @@ generator.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -29,7 +34,7 @@ from adrl.agents.registry import agent_params, read_learner, register_kind, writ
 from adrl.agents.reinforce import FactoredPolicyNet, value_net
 from adrl.agents.torch_io import load_torch_state, save_torch_state
 from adrl.behavior.training import torch_threads
-from adrl.errors import ArtifactError
+from adrl.errors import ArtifactError, ConfigError
 from adrl.scenario import Scenario
 
 
@@ -51,6 +56,7 @@ class PPOConfig:
     anneal_lr: bool = True
     log_every: int = 200_000
     threads: int = 1  # torch threads while learning: small nets gain little from more, lose a lot on busy cores
+    anchor_coef: float = 0.0  # KL to the policy a warm-started run began from; no effect without a warm start
 
     def __post_init__(self) -> None:
         for name in ("hidden", "rollout_steps", "update_epochs", "n_minibatches", "log_every", "threads"):
@@ -65,7 +71,7 @@ class PPOConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        for name in ("value_coef", "entropy_coef"):
+        for name in ("value_coef", "entropy_coef", "anchor_coef"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -113,6 +119,36 @@ class PPOAgent(FactoredPolicy, Learner):
         params = list(self.policy.parameters()) + list(self.value.parameters())
         self.opt = torch.optim.Adam(params, lr=self.config.lr, eps=1e-5)
         self.total_steps = 0  # the budget of the current learn call (for the learning-rate schedule)
+        self.anchor: tuple[RunningNorm, FactoredPolicyNet] | None = None  # π_0 of a warm start, frozen
+
+    # ---- warm start --------------------------------------------------------------------------------------------
+    def warm_start(self, source: PPOAgent, *, copy_weights: bool = True) -> None:
+        """Start from ``source``'s policy, value and input normalisation (``copy_weights``) and keep a frozen copy
+        of its policy as the anchor of ``anchor_coef``; the optimiser and the step count start afresh.
+
+        Raises:
+            ConfigError: ``source`` is not a PPO policy of the same observation layout, actions and network size.
+        """
+        if not isinstance(source, PPOAgent):
+            raise ConfigError(f"a PPO run can start only from a PPO policy ({self.kind}), got {type(source).__name__}")
+        if source.layout != self.layout or source.nvec != self.nvec:
+            raise ConfigError(
+                f"the starting policy was trained on another market: observation layout "
+                f"{source.layout.obs_dim} / actions {source.nvec}, this run has {self.layout.obs_dim} / {self.nvec}"
+            )
+        if source.config.hidden != self.config.hidden:
+            raise ConfigError(
+                f"the starting policy has hidden = {source.config.hidden}, this run {self.config.hidden}: "
+                "set the same network size (--set hidden=...)"
+            )
+        if copy_weights:
+            self.policy.load_state_dict(source.policy.state_dict())
+            self.value.load_state_dict(source.value.state_dict())
+            self.norm.load_state_dict(source.norm.state_dict())
+        anchor_norm, anchor = copy.deepcopy(source.norm), copy.deepcopy(source.policy)
+        for module in (anchor_norm, anchor):
+            module.requires_grad_(False)
+        self.anchor = (anchor_norm, anchor)
 
     # ---- policy ------------------------------------------------------------------------------------------------
     def _inputs(self, obs: np.ndarray) -> torch.Tensor:
@@ -218,6 +254,11 @@ class PPOAgent(FactoredPolicy, Learner):
         adv_all, ret_all = torch.from_numpy(adv), torch.from_numpy(ret.astype(np.float32))
         params = list(self.policy.parameters()) + list(self.value.parameters())
         losses, entropies, kls = [], [], []
+        anchor_logp: list[torch.Tensor] = []  # log π_0 of every row, per head (a warm start's anchor)
+        if self.anchor is not None and c.anchor_coef > 0:
+            with torch.no_grad():
+                anchor_logits = self.anchor[1](self.anchor[0](torch.from_numpy(x)))
+                anchor_logp = [torch.log_softmax(lg, dim=-1) for lg in anchor_logits]
         gen = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
         for _ in range(c.update_epochs):
             for idx in torch.tensor_split(torch.randperm(m, generator=gen), c.n_minibatches):  # near-equal sizes
@@ -232,6 +273,10 @@ class PPOAgent(FactoredPolicy, Learner):
                 pg = torch.max(-b_adv * ratio, -b_adv * torch.clamp(ratio, 1 - c.clip_coef, 1 + c.clip_coef)).mean()
                 v_loss = ((self.value(z).squeeze(-1) - ret_all[idx]) ** 2).mean()
                 loss = pg + c.value_coef * v_loss - c.entropy_coef * entropy
+                if anchor_logp:  # KL(π_0 ‖ π) per head: Σ_a π_0(a) (log π_0(a) − log π(a))
+                    for lp0, d in zip(anchor_logp, dists, strict=True):
+                        kl0 = (lp0[idx].exp() * (lp0[idx] - torch.log_softmax(d.logits, dim=-1))).sum(-1)
+                        loss = loss + c.anchor_coef * kl0.mean()
                 self.opt.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, c.grad_clip)
@@ -258,6 +303,9 @@ class PPOAgent(FactoredPolicy, Learner):
         modules = {"policy": agent.policy, "value": agent.value, "norm": agent.norm}
         load_torch_state(path, modules, agent.opt, manifest)
         return agent
+
+
+WARM_STARTS = True  # adrl train --init-from: a run may begin from a trained PPO policy
 
 
 def build(name: str, scenario: Scenario, params: dict[str, Any], *, seed: int | None, **_: Any) -> PPOAgent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from adrl.agents.baselines import GreedyPolicy, PacingPolicy, RandomPolicy
 from adrl.agents.ppo import PPOAgent, PPOConfig
@@ -234,3 +236,61 @@ def test_oracle_is_at_least_as_good_as_every_other_policy_on_a_tiny_market() -> 
     for name, policy in others.items():
         value = episode_returns(policy, sc, n_episodes=1500, seed=4)  # the same users as the oracle's
         assert oracle.mean_return >= value.mean(), name
+
+
+def _mean_kl(p: np.ndarray, q: np.ndarray) -> float:
+    return float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(q, 1e-12, 1))), axis=1)))
+
+
+def test_warm_started_ppo_begins_at_its_source_and_the_anchor_keeps_it_near(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    sc = tiny_scenario()
+    env = AdPlacementVectorEnv(256, sc)
+    cfg = PPOConfig(hidden=32, lr=3e-3, rollout_steps=8, n_minibatches=4, log_every=10_000)
+    source = PPOAgent(sc, cfg, seed=0).learn(env, 8_000)  # a policy near uniform, so training moves it far
+    obs, _ = env.reset(seed=5)
+    start = source.action_probabilities(obs)
+    drift = {}
+    for anchor in (0.0, 30.0):
+        agent = PPOAgent(sc, dataclasses.replace(cfg, lr=1e-2, entropy_coef=0.0, anchor_coef=anchor), seed=1)
+        agent.warm_start(source)
+        np.testing.assert_allclose(agent.action_probabilities(obs), start, rtol=1e-6)  # the source's policy
+        agent.learn(env, 40_000)
+        drift[anchor] = _mean_kl(start, agent.action_probabilities(obs))
+    assert drift[0.0] > 0.05 and drift[30.0] < drift[0.0] / 20, drift
+    with pytest.raises(ConfigError, match="hidden = 32, this run 64"):
+        PPOAgent(sc, PPOConfig(hidden=64), seed=0).warm_start(source)
+    with pytest.raises(ConfigError, match="only from a PPO policy"):
+        PPOAgent(sc, cfg, seed=0).warm_start(RandomPolicy(sc))  # type: ignore[arg-type]
+
+
+def test_train_init_from_fine_tunes_a_policy_and_refuses_what_cannot_start_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from adrl.cli import app
+
+    runner = CliRunner()
+    source = tmp_path / "source"
+    common = ["--env", "adrl/AdPlacement-v0", "--n-envs", "64", "--set", "hidden=16", "--set", "log_every=2000"]
+    first = runner.invoke(app, ["train", "--agent", "ppo_native", "--steps", "2000", "--out", str(source), *common])
+    assert first.exit_code == 0, first.output
+    tuned = tmp_path / "tuned"
+    args = ["train", "--agent", "ppo_native", "--steps", "4000", "--init-from", str(source / "policy"),
+            "--set", "anchor_coef=0.5", "--checkpoint-every", "2000", "--out", str(tuned), *common]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tuned / "config.yaml").read_text())["init_from"] == str(source / "policy")
+    resumed = runner.invoke(app, [*args[:4], "6000", *args[7:], "--resume"])  # no --init-from: the config keeps it
+    assert resumed.exit_code == 0, resumed.output
+    assert load_policy_artifact(tuned / "policy").steps_done >= 6000
+    RandomPolicy(tiny_scenario()).save(tmp_path / "random-tiny")
+    for agent, init, message in (
+        ("q_learning", source / "policy", "q_learning cannot start from a trained policy (only ppo_native)"),
+        ("ppo_native", tmp_path / "nothing", "not a policy artifact"),
+        ("ppo_native", tmp_path / "random-tiny", "layout"),
+    ):
+        out = tmp_path / f"bad-{agent}-{init.name}"
+        bad = runner.invoke(app, ["train", "--agent", agent, "--steps", "1000", "--init-from", str(init),
+                                  "--out", str(out), *common])  # fmt: skip
+        assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
+        assert not out.exists()  # refused before the run directory is made

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import adrl
@@ -161,13 +162,14 @@ def test_the_closed_loop_deploys_a_first_ppo_and_retrains_on_both_logs(tmp_path:
 
     tiny = replace(FAST_BUDGET, n_users=600, loop_users=300, fit_epochs=1, reinforce_steps=4096, reinforce_envs=64,
                    ppo_steps=4096, ppo_envs=64, rule_episodes=50, eval_episodes=100, n_boot=10, holdout_users=200,
-                   ope_members=1, ope_starts=200)  # fmt: skip
+                   ope_members=1, ope_starts=200, loop_warm_start=True, loop_anchor=0.5)  # fmt: skip
     out = tmp_path / "qs"
     lines: list[str] = []
     run_quickstart(out, seed=2, budget=tiny, log=lines.append, progress=False)
     summary = json.loads((out / "quickstart.json").read_text())
     loop = summary["simulation"]["closed_loop"]
     assert loop["users"] == 300 and loop["epsilon"] == 0.3 and loop["deployed"] == "ppo_native"
+    assert loop["warm_start"] is True and loop["anchor"] == 0.5
     assert any("[2/7] closed loop" in line for line in lines)
 
     # the rollout was logged by the first PPO with ε-exploration, with that policy's exact propensities
@@ -186,6 +188,11 @@ def test_the_closed_loop_deploys_a_first_ppo_and_retrains_on_both_logs(tmp_path:
     union = pq.read_table(out / "logs.parquet", columns=["episode_id"]).to_pandas()
     assert union["episode_id"].nunique() == 900
     assert "Closed loop" in (out / "report.html").read_text()
+    # the retrained PPO began from the deployed one, anchored to it
+    config = yaml.safe_load((out / "agents" / "ppo_native" / "config.yaml").read_text())
+    assert Path(config["init_from"]) == out / "loop" / "round-0" / "agents" / "ppo_native" / "policy"
+    assert config["params"]["anchor_coef"] == 0.5
+    assert "started from the deployed one's weights, kept near it by 0.5" in (out / "report.html").read_text()
     # the deployed PPO stays a candidate, evaluated and estimated like the rest
     assert "ppo_deployed" in summary["ope"] and "ppo_deployed" in summary["policies"]
 
@@ -202,10 +209,18 @@ def test_a_bad_closed_loop_budget_is_refused_before_anything_is_written(tmp_path
         {"loop_users": True},
         {"loop_users": 10**10},
         {"loop_epsilon": 1.5},
+        {"loop_anchor": -1.0},
+        {"loop_anchor": float("nan")},
+        {"loop_anchor": "0.5"},
+        {"loop_warm_start": "yes"},
     ]
     for k, bad in enumerate(bads):
-        with pytest.raises(ConfigError, match=r"loop_users must be a whole number|loop_epsilon must be in"):
+        with pytest.raises(ConfigError, match=r"loop_users must be a whole number|loop_epsilon must be in|"
+                                              r"loop_anchor must be a finite|loop_warm_start must be"):  # fmt: skip
             run_quickstart(tmp_path / str(k), budget=replace(FAST_BUDGET, **bad))
         assert not (tmp_path / str(k)).exists()
     result = CliRunner().invoke(app, ["quickstart", "--fast", "--loop-users", "-5", "--out", str(tmp_path / "c")])
     assert result.exit_code != 0 and "loop-users" in result.output
+    result = CliRunner().invoke(app, ["quickstart", "--fast", "--loop-anchor", "0.5", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "--loop-anchor needs --loop-users" in result.output
+    assert not (tmp_path / "d").exists()

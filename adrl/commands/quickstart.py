@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from adrl.commands import cli_errors, console
+from adrl.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +34,14 @@ def register(app: typer.Typer) -> None:
                 "many user-days, then refit and retrain on all logs (0: off, the default)",
             ),
         ] = None,
+        loop_anchor: Annotated[
+            float | None,
+            typer.Option(
+                min=0.0,
+                help="with --loop-users: the retrained PPO starts from the deployed one, kept near it by this "
+                "weight on KL(deployed || retrained) (0: a warm start only)",
+            ),
+        ] = None,
     ) -> None:
         """Simulate logs, fit the behavior model, train agents on it, evaluate them and write a report.
 
@@ -46,8 +55,12 @@ def register(app: typer.Typer) -> None:
         with cli_errors():
             eps = parse_epsilon(epsilon) if epsilon is not None else None
             budget = None
+            if loop_anchor is not None and not loop_users:
+                raise ConfigError("--loop-anchor needs --loop-users N (N > 0): it shapes the closed loop's retraining")
             if loop_users is not None:
                 budget = replace(FAST_BUDGET if fast else DEFAULT_BUDGET, loop_users=loop_users)
+            if budget is not None and loop_anchor is not None:
+                budget = replace(budget, loop_warm_start=True, loop_anchor=loop_anchor)
             r = run_quickstart(out, fast=fast and budget is None, seed=seed, scenario=scenario, force=force,
                                epsilon=eps, log=console.print, budget=budget)  # fmt: skip
             t = Table(title="policies on the ground-truth world (agents trained on the learned simulator)")

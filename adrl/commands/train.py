@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")] = False,
         force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
+        init_from: Annotated[
+            Path | None,
+            typer.Option(
+                help="start from this trained policy's weights (ppo_native: fine-tune a deployed policy; "
+                "--set anchor_coef=K keeps it near with a KL penalty)"
+            ),
+        ] = None,
         engine: Annotated[
             str,
             typer.Option(help="local (adrl's own loop) or rllib (RLlib PPO on Ray: pip install 'adrl\\[ray]')"),
@@ -60,6 +67,8 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
             if engine != "rllib" and (num_env_runners is not None or address is not None):
                 raise ConfigError("--num-env-runners and --address are for --engine rllib")
+            if engine == "rllib" and init_from is not None:
+                raise ConfigError("--init-from is for --engine local")
             trainer: Any = train_run
             extra: dict[str, Any] = {}
             if engine == "rllib":
@@ -84,6 +93,7 @@ def register(app: typer.Typer) -> None:
                 resume=resume,
                 force=force,
                 **extra,
+                **({"init_from": init_from} if init_from is not None else {}),
             )
             if "interrupted" in summary:
                 err_console.print(
